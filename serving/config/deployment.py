@@ -1,0 +1,79 @@
+"""A deployment: which catalog models run as which workers, and how the router serves them.
+
+This is the one settings object the launcher, the router and the scripts share. It is built by
+`serving.config.loader.load_config`, which also resolves each worker's catalog entry and engine
+arguments so nothing downstream has to look anything up again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from serving.config.catalog import ModelEntry, Strict
+from serving.config.engines import VllmArgs
+
+
+class ApiKey(Strict):
+    """A key as stored in config: a name for logs and the ledger, and the key's SHA-256 only."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Timeouts(Strict):
+    connect_s: float = Field(default=5.0, gt=0)
+    # Time allowed between two bytes from a worker (a whole non-streamed answer, or the gap
+    # between two streamed chunks) before the client gets a 504.
+    chat_s: float = Field(default=600.0, gt=0)
+
+
+class RouterConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    generated_key_file: Path = Path("~/.config/serving/api_key")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser. Empty: no CORS headers at "
+        "all, since this is a server-to-server API.",
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections_per_worker: int = Field(default=1024, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class WorkerConfig(Strict):
+    model: str = Field(description="A catalog id (models/*.yaml).")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides on the catalog entry's engine_defaults."
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Internal port; a free one if unset."
+    )
+    gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+
+    # Filled in by the loader from the catalog.
+    entry: ModelEntry | None = Field(default=None, exclude=True)
+    args: VllmArgs | None = Field(default=None, exclude=True)
+
+
+class Config(Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    cache_dir: Path = Field(
+        default=Path("~/.cache/serving"),
+        description="Prepared model folders live here; SERVING_CACHE_DIR overrides it.",
+    )
+    catalog_dir: Path = Field(
+        default=Path("../models"), description="Relative to the config file that sets it."
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    workers: dict[str, WorkerConfig] = Field(min_length=1)
+
+    def models(self) -> list[ModelEntry]:
+        return [w.entry for w in self.workers.values() if w.entry is not None]
+

