@@ -1,0 +1,1 @@
+"""Model weights: preparation (download, convert) and bundled chat templates."""

