@@ -1,0 +1,1 @@
+"""The router: the public OpenAI-compatible HTTP API in front of the workers."""

@@ -1,0 +1,72 @@
+"""The router: a thin FastAPI app in front of the workers that owns the public contract."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from serving.config import ApiKey, Config
+from serving.router import health, models, unsupported
+from serving.router.auth import AuthMiddleware, KeyStore
+from serving.router.errors import install_error_handlers
+from serving.router.registry import Registry, Served
+from serving.router.request_context import RequestContextMiddleware
+from serving.router.text import routes as text_routes
+from serving.router.workers import Worker
+
+
+def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) -> FastAPI:
+    """`worker_urls` maps each worker name in `config.workers` to where it listens."""
+    router_config = config.router
+    workers = {
+        name: Worker(name, worker_urls[name], router_config.timeouts,
+                     router_config.max_connections_per_worker)
+        for name in config.workers
+    }
+    registry = Registry([
+        Served(w.entry, workers[name], w.args.max_model_len if w.args else None)
+        for name, w in config.workers.items()
+        if w.entry is not None
+    ])
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        for worker in workers.values():
+            await worker.aclose()
+
+    app = FastAPI(
+        title="serving",
+        summary="OpenAI-compatible API in front of GPU model workers",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.config = config
+    app.state.registry = registry
+    app.state.workers = workers
+    app.state.created = int(time.time())
+
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(text_routes.router)
+    app.include_router(unsupported.router)
+
+    # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,
+    # so CORS preflights (which carry no key) are answered before auth sees them.
+    app.add_middleware(AuthMiddleware, keys=KeyStore(keys))
+    if router_config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=router_config.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,154 @@
+"""OpenAI's error envelope, for every error a client can see.
+
+`{"error": {"message", "type", "param", "code"}}` with the right HTTP status and `code` a string
+or null. Route code raises `OpenAIError`; the handlers here turn that, FastAPI's validation
+errors, Starlette's 404/405 and anything unexpected into the envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("serving.router")
+
+# OpenAI's `type` for each status it uses.
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def param_path(loc: Sequence[str | int]) -> str:
+    """('body', 'messages', 0, 'content') -> 'messages[0].content', the way OpenAI names params."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# pydantic unions report one error per member, tagged with the member's name ('str',
+# 'list[...]', a model name) or a validator's function name; those tags are not request fields.
+def _is_schema_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (
+        part[:1].isupper() or "[" in part or part in ("str", "int", "float", "bool", "none")
+        or part.startswith("function-")
+    )
+
+
+def _validation_error(exc: RequestValidationError) -> OpenAIError:
+    errors = exc.errors()
+    # Report the error whose location is the most specific; union members repeat one another.
+    err = max(errors, key=lambda e: len([p for p in e["loc"] if not _is_schema_tag(p)]))
+    loc = [p for p in err["loc"] if not _is_schema_tag(p)]
+    param = param_path(loc) or None
+    kind = err["type"]
+    if kind == "json_invalid":
+        return invalid_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+            "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what "
+            "was sent was not valid JSON.)",
+            code="invalid_json",
+        )
+    if kind == "extra_forbidden":
+        return invalid_request(
+            f"Unrecognized request argument supplied: {param}", param=param,
+            code="unknown_parameter",
+        )
+    if kind == "missing":
+        if not loc or loc == ["body"]:
+            return invalid_request("The request body must be a JSON object.", code="invalid_json")
+        return invalid_request(f"Missing required parameter: '{param}'.", param=param,
+                               code="missing_required_parameter")
+    msg = err["msg"].removeprefix("Value error, ")
+    return invalid_request(f"Invalid value for '{param}': {msg}", param=param,
+                           code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return OpenAIError(exc.status_code, message, headers=getattr(exc, "headers", None)) \
+            .response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return OpenAIError(500, "The server had an error while processing your request.") \
+            .response()

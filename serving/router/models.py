@@ -1,0 +1,64 @@
+"""GET /v1/models (chat/text models, as OpenAI Model objects) and GET /v1/catalog (everything).
+
+Media models (images, video, speech, transcription) are not OpenAI "models" a client can chat
+with, so they are listed only in the catalog, with what a client needs to call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from serving.config import Modality, ModelEntry
+from serving.router.errors import model_not_found
+from serving.router.registry import Registry, Served
+
+router = APIRouter()
+
+
+def _model_object(entry: ModelEntry, created: int) -> dict[str, Any]:
+    return {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by}
+
+
+def _catalog_object(served: Served, created: int) -> dict[str, Any]:
+    entry = served.entry
+    item = {
+        **_model_object(entry, created),
+        "modality": entry.modality.value,
+        "capabilities": sorted(entry.capabilities),
+        "aliases": entry.aliases,
+    }
+    if served.context_length:
+        item["context_length"] = served.context_length
+    return item
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    created = request.app.state.created
+    data = [
+        _model_object(s.entry, created)
+        for s in _registry(request).served
+        if s.entry.modality == Modality.chat
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    served = _registry(request).get(model_id)
+    if served is None or served.entry.modality != Modality.chat:
+        raise model_not_found(model_id)
+    return _model_object(served.entry, request.app.state.created)
+
+
+@router.get("/v1/catalog")
+async def catalog(request: Request) -> dict[str, Any]:
+    created = request.app.state.created
+    data = [_catalog_object(s, created) for s in _registry(request).served]
+    return {"object": "list", "data": data}

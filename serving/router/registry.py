@@ -1,0 +1,40 @@
+"""Public model names (ids and aliases) -> the catalog entry and the worker that serves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.config import Modality, ModelEntry
+from serving.router.errors import OpenAIError, model_not_found
+from serving.router.workers import Worker
+
+
+@dataclass(frozen=True)
+class Served:
+    entry: ModelEntry
+    worker: Worker
+    context_length: int | None = None
+
+
+class Registry:
+    def __init__(self, served: list[Served]):
+        self.served = served
+        self._by_name = {name: s for s in served for name in s.entry.names()}
+
+    def get(self, name: str) -> Served | None:
+        return self._by_name.get(name)
+
+    def resolve(self, name: str, modality: Modality, endpoint: str) -> Served:
+        """The model a request names, or the 404/400 OpenAI gives for a wrong one."""
+        served = self._by_name.get(name)
+        if served is None:
+            raise model_not_found(name)
+        if served.entry.modality != modality:
+            raise OpenAIError(
+                400,
+                f"The model `{name}` is a {served.entry.modality.value} model and is not "
+                f"supported by {endpoint}.",
+                param="model",
+                code="model_not_supported",
+            )
+        return served

@@ -1,0 +1,83 @@
+"""POST /v1/chat/completions and POST /v1/completions, served by vLLM workers.
+
+The routes check what only the router knows (which model, what it is allowed to do), shape the
+request for vLLM and hand it to `proxy.forward`; vLLM does the templating, tool parsing and
+structured output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from serving.config import Modality
+from serving.router.errors import invalid_request
+from serving.router.registry import Registry, Served
+from serving.router.request_context import worker_request_id
+from serving.router.text.protocol import (
+    CHAT_IGNORED,
+    COMPLETION_IGNORED,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from serving.router.text.proxy import forward
+
+router = APIRouter()
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+async def _forward(request: Request, served: Served, path: str, body: dict[str, Any]) -> Response:
+    body["model"] = served.entry.id
+
+    def on_usage(usage: dict[str, Any]) -> None:
+        request.state.usage = usage
+
+    return await forward(
+        served.worker,
+        path,
+        body,
+        {"X-Request-Id": worker_request_id(request.scope)},
+        caching="prefix_caching" in served.entry.capabilities,
+        on_usage=on_usage,
+    )
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    served = _registry(request).resolve(body.model, Modality.chat, "/v1/chat/completions")
+    capabilities = served.entry.capabilities
+    if body.tools and "tool_use" not in capabilities:
+        raise invalid_request(
+            f"The model `{body.model}` does not support tools.", param="tools",
+            code="unsupported_parameter",
+        )
+    if "vision" not in capabilities:
+        for i, message in enumerate(body.messages):
+            if message.has_images():
+                raise invalid_request(
+                    f"The model `{body.model}` does not accept image input.",
+                    param=f"messages[{i}].content", code="unsupported_parameter",
+                )
+
+    upstream = body.model_dump(exclude_none=True, by_alias=True, exclude=CHAT_IGNORED)
+    for message in upstream["messages"]:
+        if message["role"] == "developer":  # OpenAI's newer name for the system role
+            message["role"] = "system"
+    response_format = upstream.get("response_format")
+    if response_format and response_format["type"] == "json_schema" and (
+        "json_schema" not in capabilities or "schema" not in response_format["json_schema"]
+    ):
+        upstream["response_format"] = {"type": "json_object"}
+    return await _forward(request, served, "/v1/chat/completions", upstream)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    served = _registry(request).resolve(body.model, Modality.chat, "/v1/completions")
+    upstream = body.model_dump(exclude_none=True, exclude=COMPLETION_IGNORED)
+    return await _forward(request, served, "/v1/completions", upstream)

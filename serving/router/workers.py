@@ -1,0 +1,81 @@
+"""The router's side of a worker: one pooled HTTP client, and its failures as OpenAI errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from serving.config.deployment import Timeouts
+from serving.router.errors import OpenAIError
+
+RETRY_AFTER_S = "5"
+
+
+class Worker:
+    """A worker process reached over HTTP on loopback; every modality looks the same here."""
+
+    def __init__(self, name: str, base_url: str, timeouts: Timeouts, max_connections: int):
+        self.name = name
+        self.base_url = base_url
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(timeouts.chat_s, connect=timeouts.connect_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    def unavailable(self) -> OpenAIError:
+        return OpenAIError(
+            503,
+            f"The model worker '{self.name}' is not available right now; retry shortly.",
+            code="worker_unavailable",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+
+    async def send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], *, stream: bool = False
+    ) -> httpx.Response:
+        """POST `body`; transport failures become 503 (down) or 504 (too slow)."""
+        request = self.client.build_request("POST", path, json=body, headers=headers)
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.TimeoutException as e:
+            if isinstance(e, httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise self.unavailable() from None
+            raise OpenAIError(
+                504, f"The model worker '{self.name}' took too long to respond.", code="timeout"
+            ) from None
+        except httpx.TransportError:
+            raise self.unavailable() from None
+
+    async def healthy(self) -> bool:
+        try:
+            r = await self.client.get("/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def upstream_error(response: httpx.Response) -> OpenAIError:
+    """A worker's own error reply, re-worded into the envelope with a string-or-null `code`."""
+    status = response.status_code
+    message, param = f"The model worker answered HTTP {status}.", None
+    try:
+        err = response.json().get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except (ValueError, AttributeError):
+        pass
+    if status >= 500:
+        # The worker failed, not the request; 503 stays 503 so clients retry it.
+        return OpenAIError(503 if status == 503 else 502, f"The model worker failed: {message}",
+                           headers={"Retry-After": RETRY_AFTER_S} if status == 503 else None)
+    return OpenAIError(status, message, param=param)
