@@ -1,0 +1,1 @@
+"""The launcher: prepares models, supervises worker processes, serves the router."""

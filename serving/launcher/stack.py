@@ -1,0 +1,159 @@
+"""`serving up`: prepare models, start the workers, wait for them, serve the router.
+
+Everything runs in one asyncio loop: the router (uvicorn), the supervisors that restart crashed
+workers, and the pumps that copy worker logs. Ctrl-C or SIGTERM at any point stops the router
+and then every worker; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from serving.config import ApiKey, Config
+from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
+from serving.launcher.vllm import vllm_worker
+from serving.router.app import create_app
+from serving.router.auth import configured_keys, ensure_generated_key
+from serving.weights.prepare import prepare_all
+
+log = logging.getLogger("serving.launcher")
+
+WORKER_BUILDERS = {"vllm": vllm_worker}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_keys(config: Config) -> list[ApiKey]:
+    """Configured keys, or a generated one kept in a file only the user can read."""
+    keys = configured_keys(config.router)
+    if keys:
+        return keys
+    key, created = ensure_generated_key(config.router.generated_key_file)
+    print(
+        f"serving: no API key configured; {'generated' if created else 'using'} the key in "
+        f"{config.router.generated_key_file} (readable only by you)",
+        flush=True,
+    )
+    return [key]
+
+
+def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpec]:
+    specs = []
+    for name, worker in config.workers.items():
+        assert worker.entry is not None
+        build = WORKER_BUILDERS[worker.entry.engine]
+        specs.append(build(name, worker, config, model_paths[name], worker.port or free_port()))
+    return specs
+
+
+async def run_stack(
+    config: Config,
+    model_paths: dict[str, Path],
+    keys: list[ApiKey],
+    host: str,
+    port: int,
+    runtime_file: Path | None = None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    server: uvicorn.Server | None = None
+    startup: asyncio.Task | None = None
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        if server is not None:
+            server.should_exit = True
+        if startup is not None:
+            loop.call_soon_threadsafe(startup.cancel)
+
+    # Plain handlers rather than loop.add_signal_handler: uvicorn swaps them for its own while
+    # it serves and hands any signal it caught back to them when it returns.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    supervisors: list[Supervisor] = []
+    try:
+        supervisors = [Supervisor(spec) for spec in worker_specs(config, model_paths)]
+
+        async def start_all() -> None:
+            tasks = [asyncio.create_task(s.start()) for s in supervisors]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # one failed (or we were interrupted): abandon the others' startup
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        startup = asyncio.create_task(start_all())
+        await startup
+        startup = None
+
+        app = create_app(config, {s.name: s.spec.url for s in supervisors}, keys)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False,
+            timeout_graceful_shutdown=10, server_header=False,
+        ))
+        announce = asyncio.create_task(_announce(server, supervisors, host, runtime_file))
+        await server.serve()
+        announce.cancel()
+        return 0 if server.started else 1
+    except asyncio.CancelledError:
+        return 130
+    except WorkerFailed as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        await asyncio.shield(asyncio.gather(*(s.stop() for s in supervisors)))
+        if runtime_file is not None:
+            runtime_file.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+async def _announce(
+    server: uvicorn.Server, supervisors: list[Supervisor], host: str, runtime_file: Path | None
+) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://{host}:{port}"
+    if runtime_file is not None:
+        info = {
+            "router": url,
+            "pid": os.getpid(),
+            "workers": {
+                s.name: {"url": s.spec.url, "pid": s.process.pid if s.process else None}
+                for s in supervisors
+            },
+        }
+        tmp = runtime_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(runtime_file)
+    print(f"serving: ready on {url}/v1", flush=True)
+
+
+def run(config: Config, host: str, port: int, runtime_file: Path | None = None) -> int:
+    keys = resolve_keys(config)
+    # Before the loop starts, SIGTERM interrupts like Ctrl-C so a conversion child is killed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        model_paths = prepare_all(config)
+    except KeyboardInterrupt:
+        return 130
+    stack = run_stack(config, model_paths, keys, host, port, runtime_file)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(stack)
+    return uvloop.run(stack)

