@@ -1,0 +1,142 @@
+"""Config files: every shipped file validates; overlays deep-merge; bad config names file + key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.config import ConfigError, load_catalog, load_config
+from serving.config.loader import deep_merge
+from serving.launcher.stack import worker_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(config: Path):
+    cfg = load_config([config])
+    for worker in cfg.workers.values():
+        assert worker.entry is not None and worker.args is not None
+    # The launch command builds too (models are not prepared here: any path will do).
+    specs = worker_specs(cfg, {name: Path("/models") / name for name in cfg.workers})
+    assert all(spec.argv for spec in specs)
+
+
+def test_every_catalog_entry_validates():
+    catalog = load_catalog(ROOT / "models")
+    assert {"smollm2-135m-instruct", "qwen2.5-7b-instruct"} <= catalog.keys()
+
+
+def test_gpu_config_is_a_real_h100_deployment():
+    cfg = load_config([ROOT / "configs" / "gpu-h100.yaml"])
+    assert cfg.device == "cuda"
+    chat = cfg.workers["chat"]
+    assert chat.entry.source.hub == "Qwen/Qwen2.5-7B-Instruct"
+    assert {"tool_use", "prefix_caching"} <= chat.entry.capabilities
+    (spec,) = worker_specs(cfg, {"chat": Path("/models/qwen")})
+    argv = " ".join(spec.argv)
+    for flag in ("--dtype bfloat16", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+                 "--enable-auto-tool-choice --tool-call-parser hermes",
+                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.4"):
+        assert flag in argv
+    assert "--enforce-eager" not in argv and "--kv-cache-memory-bytes" not in argv
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_cpu_config_flags():
+    cfg = load_config([ROOT / "configs" / "cpu.yaml"])
+    (spec,) = worker_specs(cfg, {"chat": Path("/models/smol")})
+    argv = " ".join(spec.argv)
+    assert "-m vllm.entrypoints.openai.api_server" in argv
+    assert "--host 127.0.0.1" in argv
+    assert "--enforce-eager" in argv and "--kv-cache-memory-bytes 512M" in argv
+    assert '"backend": "xgrammar"' in argv
+    assert "--tool-strict-level parameter" in argv
+    assert "--chat-template" in argv and "--tensor-parallel-size" not in argv
+
+
+def test_overlay_deep_merges_in_order(tmp_path: Path):
+    overlay = write(tmp_path, "overlay.yaml", """
+router: {port: 9100}
+workers:
+  chat:
+    engine_args: {max_num_seqs: 8}
+""")
+    cfg = load_config([ROOT / "configs" / "cpu.yaml", overlay])
+    assert cfg.router.port == 9100
+    assert cfg.router.host == "127.0.0.1"  # untouched keys survive
+    args = cfg.workers["chat"].args
+    assert args.max_num_seqs == 8 and args.enforce_eager  # merged, not replaced
+    assert args.tool_call_parser == "hermes"  # catalog defaults under both
+
+
+def test_deep_merge_replaces_lists_and_scalars():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert deep_merge(base, {"a": {"c": [3]}, "d": {"e": 1}}) == {
+        "a": {"b": 1, "c": [3]}, "d": {"e": 1}}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("router: {port: 99999}", "router.port: Input should be less than or equal to 65535"),
+        ("router: {prot: 1}", "router.prot: unknown key"),
+        ("workers: {chat: {model: nope}}", "workers.chat.model: unknown model 'nope'"),
+        ("workers: {chat: {engine_args: {max_num_seqs: 0}}}",
+         "workers.chat.engine_args.max_num_seqs: Input should be greater than or equal to 1"),
+        ("workers: {chat: {engine_args: {tool_strict_level: loose}}}",
+         "workers.chat.engine_args.tool_strict_level: Input should be"),
+        ("device: tpu", "device: Input should be 'cpu' or 'cuda'"),
+        ("workers: [1]", "workers: Input should be a valid dictionary"),
+        ("router: [", "not valid YAML"),
+    ],
+)
+def test_bad_overlay_names_file_key_and_problem(tmp_path: Path, text: str, expected: str):
+    bad = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config([ROOT / "configs" / "cpu.yaml", bad])
+    assert str(bad) in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_bad_catalog_entry_names_its_file(tmp_path: Path):
+    (tmp_path / "models").mkdir()
+    write(tmp_path / "models", "broken.yaml",
+          "id: x\nmodality: chat\nengine: vllm\nsource: {hub: a/b}\ncapabilities: [telepathy]\n")
+    cfg = write(tmp_path, "c.yaml", "catalog_dir: models\nworkers: {chat: {model: x}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([cfg])
+    assert "broken.yaml: capabilities" in str(e.value)
+
+
+def test_tool_use_needs_a_parser(tmp_path: Path):
+    (tmp_path / "models").mkdir()
+    write(tmp_path / "models", "m.yaml",
+          "id: m\nmodality: chat\nengine: vllm\nsource: {hub: a/b}\ncapabilities: [tool_use]\n")
+    cfg = write(tmp_path, "c.yaml", "catalog_dir: models\nworkers: {chat: {model: m}}\n")
+    with pytest.raises(ConfigError, match="tool_call_parser"):
+        load_config([cfg])
+
+
+def test_serving_up_with_bad_config_fails_at_start(tmp_path: Path):
+    bad = write(tmp_path, "bad.yaml", "router: {port: -1}")
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "up", "-c", str(ROOT / "configs" / "cpu.yaml"),
+         "-c", str(bad)], capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{bad}: router.port: Input should be greater than or equal to 0" in result.stderr
+
+
+def test_cache_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SERVING_CACHE_DIR", str(tmp_path))
+    assert load_config([ROOT / "configs" / "cpu.yaml"]).cache_dir == tmp_path

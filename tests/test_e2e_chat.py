@@ -1,0 +1,261 @@
+"""Chat and completions through the real stack (router + vLLM on SmolLM2), as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import CHAT_MODEL
+
+pytestmark = pytest.mark.e2e
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def chat(client, **kwargs):
+    kwargs.setdefault("model", CHAT_MODEL)
+    kwargs.setdefault("messages", ASK)
+    kwargs.setdefault("max_tokens", 16)
+    return client.chat.completions.create(**kwargs)
+
+
+def test_models_lists_the_chat_model_by_public_id(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [CHAT_MODEL]
+    assert client.models.retrieve(CHAT_MODEL).id == CHAT_MODEL
+
+
+def test_catalog_lists_capabilities(http):
+    catalog = http.get("/v1/catalog").json()
+    (entry,) = catalog["data"]
+    assert entry["id"] == CHAT_MODEL and entry["modality"] == "chat"
+    assert {"tool_use", "json_schema", "prefix_caching"} <= set(entry["capabilities"])
+
+
+def test_plain_chat(client, http, openai_schema):
+    r = chat(client)
+    assert r.model == CHAT_MODEL
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    raw = http.post("/v1/chat/completions",
+                    json={"model": CHAT_MODEL, "messages": ASK, "max_tokens": 8})
+    body = raw.json()
+    openai_schema(body, "CreateChatCompletionResponse")
+    assert "system_fingerprint" not in body
+    assert {"cache_read_input_tokens", "cache_creation_input_tokens"} <= body["usage"].keys()
+    assert raw.headers["x-request-id"].startswith("req_")
+
+
+def test_stream_without_usage(client, openai_schema, http):
+    chunks = list(chat(client, stream=True))
+    assert chunks and all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    with http.stream("POST", "/v1/chat/completions", json={
+        "model": CHAT_MODEL, "messages": ASK, "max_tokens": 4, "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    for event in events[:-1]:
+        chunk = json.loads(event.removeprefix("data: "))
+        openai_schema(chunk, "CreateChatCompletionStreamResponse")
+        assert "system_fingerprint" not in chunk
+
+
+def test_stream_with_usage_ends_with_usage_chunk(client, openai_schema, http):
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
+    *content, last = chunks
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in content)
+    assert last.usage.completion_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    with http.stream("POST", "/v1/chat/completions", json={
+        "model": CHAT_MODEL, "messages": ASK, "max_tokens": 4, "stream": True,
+        "stream_options": {"include_usage": True}}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    usage_chunk = json.loads(events[-2].removeprefix("data: "))
+    openai_schema(usage_chunk, "CreateChatCompletionStreamResponse")
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
+    assert "cache_creation_input_tokens" in usage_chunk["usage"]
+
+
+def test_completions_plain_and_streamed(client, http, openai_schema):
+    r = client.completions.create(model=CHAT_MODEL, prompt="The sky is", max_tokens=8)
+    assert r.choices[0].text and r.usage.completion_tokens > 0
+    openai_schema(http.post("/v1/completions", json={
+        "model": CHAT_MODEL, "prompt": "Once upon", "max_tokens": 4}).json(),
+        "CreateCompletionResponse")
+    chunks = list(client.completions.create(
+        model=CHAT_MODEL, prompt="The sky is", max_tokens=8, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == 8
+    assert "".join(c.choices[0].text for c in chunks[:-1])
+
+
+def test_seed_reproducibility(client):
+    kwargs = dict(temperature=1.0, seed=1234, max_tokens=24,
+                  messages=[{"role": "user", "content": "Tell me a story."}])
+    a = chat(client, **kwargs).choices[0].message.content
+    b = chat(client, **kwargs).choices[0].message.content
+    assert a == b
+
+
+def test_stop_sequence(client):
+    free = chat(client, temperature=0, max_tokens=24).choices[0].message.content.strip()
+    words = free.split(" ")
+    assert len(words) >= 2, free
+    stopped = chat(client, temperature=0, max_tokens=24, stop=[" " + words[1]])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content.strip() == words[0]
+
+
+def test_penalties_change_the_output(client):
+    kwargs = dict(temperature=0, max_tokens=48,
+                  messages=[{"role": "user", "content": "Repeat the word cat many times."}])
+    plain = chat(client, **kwargs).choices[0].message.content
+    penalised = chat(client, presence_penalty=2.0, frequency_penalty=2.0, **kwargs)
+    assert penalised.choices[0].message.content != plain
+
+
+def test_json_object(client):
+    r = chat(client, max_tokens=96, temperature=0,
+             messages=[{"role": "user", "content": "Give a country and its capital as JSON."}],
+             response_format={"type": "json_object"})
+    content = r.choices[0].message.content
+    if r.choices[0].finish_reason == "stop":  # a 135M model may ramble past max_tokens
+        assert isinstance(json.loads(content), dict)
+    else:
+        assert content.lstrip().startswith("{")
+
+
+def test_json_schema(client):
+    schema = {
+        "type": "object",
+        "properties": {"country": {"type": "string", "maxLength": 16},
+                       "capital": {"type": "string", "maxLength": 16}},
+        "required": ["country", "capital"],
+        "additionalProperties": False,
+    }
+    r = chat(client, max_tokens=64,
+             messages=[{"role": "user", "content": "Give a country and its capital."}],
+             response_format={"type": "json_schema",
+                              "json_schema": {"name": "capital", "schema": schema,
+                                              "strict": True}})
+    data = json.loads(r.choices[0].message.content)
+    assert set(data) == {"country", "capital"}
+
+
+def test_tools_required(client):
+    r = chat(client, max_tokens=64, tools=[WEATHER_TOOL], tool_choice="required",
+             messages=[{"role": "user", "content": "What's the weather in Paris?"}])
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+    assert r.choices[0].finish_reason == "tool_calls"
+
+
+def test_tools_named_and_streamed(client):
+    chunks = list(chat(
+        client, max_tokens=64, stream=True, tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}]))
+    name, arguments = "", ""
+    for c in chunks:
+        for call in c.choices[0].delta.tool_calls or [] if c.choices else []:
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+    assert name == "get_weather"
+    assert set(json.loads(arguments)) == {"city", "unit"}
+
+
+def test_tool_result_round_trip(client):
+    first = chat(client, max_tokens=64, tools=[WEATHER_TOOL], tool_choice="required",
+                 messages=[{"role": "user", "content": "What's the weather in Paris?"}])
+    message = first.choices[0].message
+    call = message.tool_calls[0]
+    messages = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        message.model_dump(exclude_none=False),  # as the SDK hands it back, nulls included
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    second = chat(client, max_tokens=32, tools=[WEATHER_TOOL], messages=messages)
+    assert second.choices[0].message.content or second.choices[0].message.tool_calls
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_repeated_long_prompt_reads_the_cache(client):
+    system = "You answer questions about the solar system in detail. " * 120
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Mars?"}]
+    first = chat(client, messages=messages, max_tokens=4).usage
+    second = chat(client, messages=messages, max_tokens=4).usage
+    assert first.prompt_tokens > 1000
+    assert first.cache_creation_input_tokens > 0
+    assert second.cache_read_input_tokens > 0
+    assert second.cache_read_input_tokens == second.prompt_tokens_details.cached_tokens
+    assert second.cache_read_input_tokens >= first.cache_creation_input_tokens * 0.9
+
+
+def test_n_greater_than_one_returns_one_choice(client):
+    r = chat(client, n=2, temperature=0)
+    assert len(r.choices) == 1
+
+
+def test_developer_role_and_max_completion_tokens(client):
+    r = chat(client, max_tokens=None, max_completion_tokens=5,
+             messages=[{"role": "developer", "content": "Be brief."},
+                       {"role": "user", "content": "Hi"}])
+    assert r.usage.completion_tokens <= 5
+
+
+def test_32_concurrent_streams(aclient_factory):
+    async def one(client, i: int) -> tuple[str, int]:
+        stream = await client.chat.completions.create(
+            model=CHAT_MODEL, max_tokens=16, stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": f"Count to {i}."}])
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            else:
+                usage = chunk.usage
+        return text, usage.completion_tokens
+
+    async def main():
+        client = aclient_factory()
+        try:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(main())
+    assert len(results) == 32
+    assert all(text and tokens > 0 for text, tokens in results)
+
+
+def test_request_id_is_the_clients_when_sane(http):
+    r = http.get("/v1/models", headers={"x-request-id": "my-trace-42"})
+    assert r.headers["x-request-id"] == "my-trace-42"
+    r = http.get("/v1/models", headers={"x-request-id": "bad id\twith tabs"})
+    assert r.headers["x-request-id"].startswith("req_")

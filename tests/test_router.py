@@ -1,0 +1,121 @@
+"""The router on its own (no worker running): CORS, a down worker, usage and stream relaying."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.config import load_config
+from serving.router.app import create_app
+from serving.router.auth import KeyStore, ensure_generated_key, hash_key, keys_from_env
+from serving.router.text.proxy import _relay
+from serving.router.usage import normalize_usage
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-unit-test"
+
+
+def router(tmp_path: Path, overlay: str = "") -> TestClient:
+    files = [ROOT / "configs" / "cpu.yaml"]
+    if overlay:
+        (tmp_path / "overlay.yaml").write_text(overlay)
+        files.append(tmp_path / "overlay.yaml")
+    config = load_config(files)
+    # Port 9 (discard) on loopback: nothing listens, as when a worker has crashed.
+    app = create_app(config, {"chat": "http://127.0.0.1:9"},
+                     keys_from_env({"SERVING_API_KEYS": KEY}))
+    return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_cors_allow_list(tmp_path: Path):
+    client = router(tmp_path, "router: {cors_origins: ['https://app.example']}")
+    ok = client.options("/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == "https://app.example"
+    other = client.options("/v1/chat/completions", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+    get = client.get("/v1/models", headers={"Origin": "https://app.example"})
+    assert get.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_down_worker_is_503_with_retry_after(tmp_path: Path):
+    client = router(tmp_path)
+    r = client.post("/v1/chat/completions",
+                    json={"model": "smollm2-135m-instruct",
+                          "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503
+    assert r.headers["retry-after"].isdigit()
+    assert r.json()["error"]["code"] == "worker_unavailable"
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["workers"] == {"chat": "down"}
+
+
+def test_key_store_and_generated_key(tmp_path: Path):
+    store = KeyStore(keys_from_env({"SERVING_API_KEYS": "sk-a, sk-b"}))
+    assert store.verify("sk-a") == "env-1" and store.verify("sk-b") == "env-2"
+    assert store.verify("sk-c") is None and store.verify("") is None
+    path = tmp_path / "sub" / "api_key"
+    key, created = ensure_generated_key(path)
+    assert created and path.stat().st_mode & 0o777 == 0o600
+    again, created_again = ensure_generated_key(path)
+    assert not created_again and again.sha256 == key.sha256
+    assert key.sha256 == hash_key(path.read_text().strip())
+
+
+def test_usage_mapping():
+    vllm = {"prompt_tokens": 1816, "completion_tokens": 5, "total_tokens": 1821,
+            "prompt_tokens_details": {"cached_tokens": 1792, "created_cache_tokens": 16}}
+    u = normalize_usage(vllm)
+    assert u["cache_read_input_tokens"] == 1792 and u["cache_creation_input_tokens"] == 16
+    assert u["prompt_tokens_details"] == {"cached_tokens": 1792, "cache_write_tokens": 16}
+    assert u["total_tokens"] == 1821
+    off = normalize_usage(vllm, caching=False)
+    assert off["cache_read_input_tokens"] == off["cache_creation_input_tokens"] == 0
+    empty = normalize_usage({"prompt_tokens": 3, "completion_tokens": None})
+    assert empty["completion_tokens"] == 0 and empty["total_tokens"] == 3
+
+
+STREAM = (
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}]}\n\n'
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
+    b'"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0,"created_cache_tokens":0}}}'
+    b"\n\ndata: [DONE]\n\n"
+)
+
+
+async def relay(pieces: list[bytes], include_usage: bool) -> tuple[bytes, list[dict]]:
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    seen: list[dict] = []
+    response = httpx.Response(200, content=body())
+    out = b"".join([c async for c in _relay(response, include_usage, True, seen.append)])
+    return out, seen
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_relay_meters_usage_and_passes_the_rest_through(size: int, include_usage: bool):
+    pieces = [STREAM[i:i + size] for i in range(0, len(STREAM), size)]
+    out, seen = asyncio.run(relay(pieces, include_usage))
+    assert len(seen) == 1 and seen[0]["total_tokens"] == 5
+    events = out.split(b"\n\n")
+    assert events[:2] == STREAM.split(b"\n\n")[:2]  # content chunks byte for byte
+    assert out.endswith(b"data: [DONE]\n\n")
+    usage_events = [e for e in events if b'"choices":[]' in e]
+    if include_usage:
+        (event,) = usage_events
+        usage = json.loads(event.removeprefix(b"data: "))["usage"]
+        assert usage["cache_read_input_tokens"] == 0 and "cache_creation_input_tokens" in usage
+    else:
+        assert usage_events == []
