@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import CHAT_MODEL, start_stack, stop_stack
+from tests.conftest import CHAT_MODEL, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +62,7 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
         tree = psutil.Process(stack.process.pid).children(recursive=True)
         assert len(tree) >= 2  # the vLLM API server and its engine core at least
     finally:
-        code = stop_stack(stack)
+        code = stack.stop()
     assert code == 0
     time.sleep(1)
     alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,209 @@
+"""Streaming chat load: N concurrent clients for T seconds against the router or a vLLM worker.
+
+Reports requests/s, output tokens/s, time to first token and inter-token latency (p50/p99).
+`--compare` runs the same load against the worker directly and through the router, in
+alternating rounds within one invocation, and prints router/direct ratios: the router's cost.
+
+    python scripts/bench_chat.py --compare -c configs/cpu.yaml           # starts its own stack
+    python scripts/bench_chat.py --target router --url http://127.0.0.1:8000 --key sk-...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "List some facts about the ocean.",
+    "Describe a day in the life of a cat.",
+    "What makes a good cup of tea?",
+    "Tell me about the history of bread.",
+]
+
+
+@dataclass
+class Result:
+    target: str
+    concurrency: int
+    seconds: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    output_tokens: int = 0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+
+    def merge(self, other: Result) -> None:
+        self.seconds += other.seconds
+        self.requests += other.requests
+        self.errors += other.errors
+        self.output_tokens += other.output_tokens
+        self.ttft += other.ttft
+        self.itl += other.itl
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def tps(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+async def one_stream(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
+                     result: Result) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 1.0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    last = None
+    usage = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            result.errors += 1
+            return
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            now = time.perf_counter()
+            if '"usage":{' in line:
+                usage = json.loads(line[6:])["usage"]
+                continue
+            if '"content":"' not in line or '"content":""' in line:
+                continue
+            if last is None:
+                result.ttft.append(now - start)
+            else:
+                result.itl.append(now - last)
+            last = now
+    if usage is None:
+        result.errors += 1
+        return
+    result.requests += 1
+    result.output_tokens += usage["completion_tokens"]
+
+
+async def run_load(url: str, key: str, model: str, target: str, concurrency: int,
+                   duration: float, max_tokens: int) -> Result:
+    result = Result(target, concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300,
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        deadline = time.perf_counter() + duration
+
+        async def user(i: int) -> None:
+            n = i
+            while time.perf_counter() < deadline:
+                await one_stream(client, model, PROMPTS[n % len(PROMPTS)], max_tokens, result)
+                n += concurrency
+
+        start = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def table(results: list[Result]) -> str:
+    head = (f"{'target':<8}{'conc':>5}{'reqs':>7}{'err':>5}{'req/s':>8}{'out tok/s':>11}"
+            f"{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(
+            f"{r.target:<8}{r.concurrency:>5}{r.requests:>7}{r.errors:>5}{r.rps:>8.2f}"
+            f"{r.tps:>11.1f}{pct(r.ttft, 50) * 1e3:>8.0f}ms{pct(r.ttft, 99) * 1e3:>8.0f}ms"
+            f"{pct(r.itl, 50) * 1e3:>7.1f}ms{pct(r.itl, 99) * 1e3:>7.1f}ms"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", action="append", type=Path,
+                   help="start a stack from these config files (else use --url/--direct-url)")
+    p.add_argument("--url", help="router base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--direct-url", help="vLLM worker base URL (for --target direct/--compare)")
+    p.add_argument("--key", default="", help="API key for the router")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--target", choices=["router", "direct"], default="router")
+    p.add_argument("--compare", action="store_true", help="run both targets and print ratios")
+    p.add_argument("--concurrency", default="16", help="comma-separated, e.g. 1,4,16")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per round")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per target")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+
+    stack = None
+    if args.config:
+        from serving.launcher.background import start_background_stack
+
+        workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+        print(f"starting stack ({workdir / 'stack.log'})...", file=sys.stderr)
+        stack = start_background_stack(args.config, workdir)
+        args.url, args.key = stack.base_url, stack.key
+        args.direct_url = stack.worker_url("chat")
+    urls = {"router": args.url, "direct": args.direct_url}
+    targets = ["direct", "router"] if args.compare else [args.target]
+    for target in targets:
+        if not urls[target]:
+            p.error(f"--{'url' if target == 'router' else 'direct-url'} (or -c) is needed")
+
+    try:
+        results: list[Result] = []
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            if args.warmup:
+                asyncio.run(run_load(urls[targets[0]], args.key, args.model, targets[0],
+                                     concurrency, args.warmup, args.max_tokens))
+            merged = {t: Result(t, concurrency) for t in targets}
+            for round_ in range(args.rounds):
+                # Alternate the order too, so drift on a shared machine hits both alike.
+                order = targets if round_ % 2 == 0 else targets[::-1]
+                for target in order:
+                    r = asyncio.run(run_load(urls[target], args.key, args.model, target,
+                                             concurrency, args.duration, args.max_tokens))
+                    print(f"  {target} c={concurrency} round {round_ + 1}: "
+                          f"{r.tps:.1f} tok/s", file=sys.stderr)
+                    merged[target].merge(r)
+            results += merged.values()
+    finally:
+        if stack is not None:
+            stack.stop()
+
+    print(table(results))
+    if args.compare:
+        print()
+        for concurrency in sorted({r.concurrency for r in results}):
+            d, r = (next(x for x in results if x.target == t and x.concurrency == concurrency)
+                    for t in ("direct", "router"))
+            print(f"router/direct at {concurrency:>3} streams: output tok/s "
+                  f"{r.tps / d.tps:.3f}, req/s {r.rps / d.rps:.3f}, "
+                  f"TTFT p50 {pct(r.ttft, 50) / pct(d.ttft, 50):.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps([
+            {"target": r.target, "concurrency": r.concurrency, "requests": r.requests,
+             "errors": r.errors, "req_per_s": r.rps, "output_tok_per_s": r.tps,
+             "ttft_p50": pct(r.ttft, 50), "ttft_p99": pct(r.ttft, 99),
+             "itl_p50": pct(r.itl, 50), "itl_p99": pct(r.itl, 99)} for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

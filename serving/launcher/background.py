@@ -1,0 +1,80 @@
+"""Run `serving up` as a background process and wait until it serves.
+
+For the end-to-end tests and the benchmarks, which need the real stack (router plus workers)
+as a user runs it, and need to know where its workers listen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class BackgroundStack:
+    process: subprocess.Popen
+    base_url: str
+    key: str
+    runtime: dict
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def worker_url(self, name: str = "chat") -> str:
+        return self.runtime["workers"][name]["url"]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, as a service manager would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return self.process.returncode
+
+
+def start_background_stack(
+    configs: list[Path], workdir: Path, timeout_s: float = 600, env: dict[str, str] | None = None
+) -> BackgroundStack:
+    """Start `serving up -c ...` on a free port with a fresh key; logs go to workdir/stack.log."""
+    key = "sk-bg-" + secrets.token_hex(16)
+    runtime_file = workdir / "runtime.json"
+    runtime_file.unlink(missing_ok=True)
+    log = workdir / "stack.log"
+    cmd = [sys.executable, "-m", "serving.cli", "up", "--port", str(free_port()),
+           "--runtime-file", str(runtime_file)]
+    for config in configs:
+        cmd += ["-c", str(config)]
+    full_env = {**os.environ, **(env or {}), "SERVING_API_KEYS": key}
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not runtime_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"stack did not start (exit {process.returncode}):\n"
+                               + log.read_text(errors="replace")[-4000:])
+        time.sleep(0.5)
+    runtime = json.loads(runtime_file.read_text())
+    return BackgroundStack(process, runtime["router"], key, runtime, log)
