@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -57,18 +58,23 @@ def http(stack: BackgroundStack) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(scope="session")
-def openai_schema():
-    """validate(instance, "CreateChatCompletionResponse") against OpenAI's published schema."""
+@functools.cache
+def _openai_components() -> dict:
+    return _honour_nullable(json.loads((ROOT / "tests" / "openai_schemas.json").read_text()))[
+        "components"]
+
+
+def validate_openai(instance: object, name: str) -> None:
+    """Validate against OpenAI's published schema `name` (tests/openai_schemas.json)."""
     import jsonschema
 
-    doc = _honour_nullable(json.loads((ROOT / "tests" / "openai_schemas.json").read_text()))
+    schema = {"$ref": f"#/components/schemas/{name}", "components": _openai_components()}
+    jsonschema.Draft202012Validator(schema).validate(instance)
 
-    def validate(instance: object, name: str) -> None:
-        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
-        jsonschema.Draft202012Validator(schema).validate(instance)
 
-    return validate
+@pytest.fixture(scope="session")
+def openai_schema():
+    return validate_openai
 
 
 def _honour_nullable(node):

@@ -37,7 +37,9 @@ def chat(client, **kwargs):
     return client.chat.completions.create(**kwargs)
 
 
-def test_models_lists_the_chat_model_by_public_id(client):
+def test_models_lists_the_chat_model_by_public_id(client, http, openai_schema):
+    openai_schema(http.get("/v1/models").json(), "ListModelsResponse")
+    openai_schema(http.get(f"/v1/models/{CHAT_MODEL}").json(), "Model")
     models = client.models.list()
     assert [m.id for m in models.data] == [CHAT_MODEL]
     assert client.models.retrieve(CHAT_MODEL).id == CHAT_MODEL

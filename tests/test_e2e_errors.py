@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CHAT_MODEL
+from tests.conftest import CHAT_MODEL, validate_openai
 
 pytestmark = pytest.mark.e2e
 
@@ -17,6 +17,7 @@ def assert_envelope(r: httpx.Response, status: int, param: str | None = None,
                     code: str | None = None) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
+    validate_openai(body, "ErrorResponse")
     assert set(body["error"]) == {"message", "type", "param", "code"}
     error = body["error"]
     assert isinstance(error["message"], str) and error["message"]
