@@ -22,6 +22,10 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "ImagesResponse",
+    "VideoResource",
+    "VideoListResource",
+    "DeletedVideoResource",
 ]
 OUT = Path(__file__).resolve().parent.parent / "tests" / "openai_schemas.json"
 

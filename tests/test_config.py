@@ -42,11 +42,11 @@ def test_gpu_config_is_a_real_h100_deployment():
     chat = cfg.workers["chat"]
     assert chat.entry.source.hub == "Qwen/Qwen2.5-7B-Instruct"
     assert {"tool_use", "prefix_caching"} <= chat.entry.capabilities
-    (spec,) = worker_specs(cfg, {"chat": Path("/models/qwen")})
+    spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
     argv = " ".join(spec.argv)
     for flag in ("--dtype bfloat16", "--enable-prefix-caching", "--enable-prompt-tokens-details",
                  "--enable-auto-tool-choice --tool-call-parser hermes",
-                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.4"):
+                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.35"):
         assert flag in argv
     assert "--enforce-eager" not in argv and "--kv-cache-memory-bytes" not in argv
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"
@@ -54,7 +54,7 @@ def test_gpu_config_is_a_real_h100_deployment():
 
 def test_cpu_config_flags():
     cfg = load_config([ROOT / "configs" / "cpu.yaml"])
-    (spec,) = worker_specs(cfg, {"chat": Path("/models/smol")})
+    spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
     argv = " ".join(spec.argv)
     assert "-m vllm.entrypoints.openai.api_server" in argv
     assert "--host 127.0.0.1" in argv
@@ -140,3 +140,41 @@ def test_serving_up_with_bad_config_fails_at_start(tmp_path: Path):
 def test_cache_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SERVING_CACHE_DIR", str(tmp_path))
     assert load_config([ROOT / "configs" / "cpu.yaml"]).cache_dir == tmp_path
+
+
+def test_media_workers_get_their_spec():
+    import json
+
+    cfg = load_config([ROOT / "configs" / "gpu-h100.yaml"])
+    specs = {s.name: s for s in worker_specs(cfg, {n: Path(f"/m/{n}") for n in cfg.workers})}
+    videos = specs["videos"]
+    assert videos.argv[2:4] == ["serving.workers", "videos"]
+    spec = json.loads(videos.argv[videos.argv.index("--spec") + 1])
+    assert spec["entry"]["id"] == "wan2.1-t2v-1.3b" and spec["device"] == "cuda"
+    assert spec["args"]["offload"] == "model" and spec["args"]["vae_dtype"] == "float32"
+    assert specs["images"].env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_media_options_are_checked(tmp_path: Path):
+    (tmp_path / "models").mkdir()
+    write(tmp_path / "models", "m.yaml", """
+id: m
+modality: image
+engine: diffusers
+source: {tiny: flux}
+engine_defaults: {pipeline: FluxPipeline}
+image:
+  sizes: ["128x128"]
+  default_size: "256x256"
+  num_inference_steps: {default: 4, min: 1, max: 8}
+  guidance_scale: {default: 0, min: 0, max: 0}
+""")
+    cfg = write(tmp_path, "c.yaml", "catalog_dir: models\nworkers: {images: {model: m}}\n")
+    with pytest.raises(ConfigError, match="default_size '256x256' is not one of sizes"):
+        load_config([cfg])
+
+
+def test_disabled_workers_are_dropped(tmp_path: Path):
+    overlay = write(tmp_path, "o.yaml", "workers: {chat: {enabled: false}}\n")
+    cfg = load_config([ROOT / "configs" / "cpu.yaml", overlay])
+    assert "chat" not in cfg.workers and "images" in cfg.workers

@@ -142,7 +142,8 @@ def test_keys_never_appear_in_logs(stack, http):
 def test_health_and_ready_need_no_key(stack):
     assert httpx.get(stack.base_url + "/health").json() == {"status": "ok"}
     ready = httpx.get(stack.base_url + "/ready").json()
-    assert ready["status"] == "ready" and ready["workers"] == {"chat": "up"}
+    assert ready["status"] == "ready"
+    assert ready["workers"] == {"chat": "up", "images": "up", "videos": "up"}
 
 
 @pytest.mark.parametrize(

@@ -48,17 +48,17 @@ def test_prepared_model_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     entry = gguf_entry()
     calls = []
 
-    def fake_convert(gguf_file: Path, dtype: str):
+    def fake_child(what: str, module: str, *args: str):
         def build(tmp: Path) -> None:
-            calls.append(gguf_file)
+            calls.append(module)
             tmp.mkdir()
             (tmp / "config.json").write_text("{}")
         return build
 
-    monkeypatch.setattr(prepare, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(prepare, "_in_child", fake_child)
     first = prepare_model(entry, tmp_path)
     second = prepare_model(entry, tmp_path)
-    assert first == second and first.is_dir() and len(calls) == 1
+    assert first == second and first.is_dir() and calls == ["serving.weights.gguf"]
     assert first.parent == tmp_path / "models"
 
 

@@ -21,7 +21,9 @@ KEY = "sk-unit-test"
 
 
 def router(tmp_path: Path, overlay: str = "") -> TestClient:
-    files = [ROOT / "configs" / "cpu.yaml"]
+    (tmp_path / "chat-only.yaml").write_text(
+        "workers: {images: {enabled: false}, videos: {enabled: false}}\n")
+    files = [ROOT / "configs" / "cpu.yaml", tmp_path / "chat-only.yaml"]
     if overlay:
         (tmp_path / "overlay.yaml").write_text(overlay)
         files.append(tmp_path / "overlay.yaml")
@@ -60,7 +62,7 @@ def test_down_worker_is_503_with_retry_after(tmp_path: Path):
 
 def test_key_store_and_generated_key(tmp_path: Path):
     store = KeyStore(keys_from_env({"SERVING_API_KEYS": "sk-a, sk-b"}))
-    assert store.verify("sk-a") == "env-1" and store.verify("sk-b") == "env-2"
+    assert store.verify("sk-a").name == "env-1" and store.verify("sk-b").name == "env-2"
     assert store.verify("sk-c") is None and store.verify("") is None
     path = tmp_path / "sub" / "api_key"
     key, created = ensure_generated_key(path)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PUBLIC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
@@ -29,6 +29,12 @@ class Modality(StrEnum):
     speech = "speech"
     transcription = "transcription"
 
+
+Engine = Literal["vllm", "diffusers"]
+ENGINE_MODALITIES: dict[str, set[Modality]] = {
+    "vllm": {Modality.chat},
+    "diffusers": {Modality.image, Modality.video},
+}
 
 Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
 
@@ -57,14 +63,80 @@ class PackageSource(Strict):
     format: Literal["hf", "gguf"] = "hf"
 
 
-Source = HubSource | PathSource | PackageSource
+class TinySource(Strict):
+    """A tiny random-weight pipeline built locally from component configs (serving.weights.tiny):
+    real diffusers code paths with no weights to download, for CPU runs and tests."""
+
+    tiny: Literal["flux", "wan"]
+    seed: int = 0
+
+
+Source = HubSource | PathSource | PackageSource | TinySource
+
+SIZE_PATTERN = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
+
+
+class IntRange(Strict):
+    default: int
+    min: int
+    max: int
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class FloatRange(Strict):
+    default: float
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class _Generation(Strict):
+    """What clients may ask of a generative media model; the API validates against it."""
+
+    sizes: list[Annotated[str, Field(pattern=SIZE_PATTERN)]] = Field(min_length=1)
+    default_size: str
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    num_inference_steps: IntRange
+    guidance_scale: FloatRange
+
+    @model_validator(mode="after")
+    def _default_size_allowed(self):
+        if self.default_size not in self.sizes:
+            raise ValueError(f"default_size {self.default_size!r} is not one of sizes")
+        return self
+
+
+class ImageOptions(_Generation):
+    max_n: int = Field(default=4, ge=1, le=10)
+
+
+class VideoOptions(_Generation):
+    seconds: list[Annotated[str, Field(pattern=r"^[1-9][0-9]?$")]] = Field(min_length=1)
+    default_seconds: str
+    fps: IntRange
+
+    @model_validator(mode="after")
+    def _default_seconds_allowed(self):
+        if self.default_seconds not in self.seconds:
+            raise ValueError(f"default_seconds {self.default_seconds!r} is not one of seconds")
+        return self
 
 
 class ModelEntry(Strict):
     id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
     aliases: list[str] = Field(default_factory=list)
     modality: Modality
-    engine: Literal["vllm"]
+    engine: Engine
     source: Source
     chat_template: str | None = Field(
         default=None,
@@ -74,6 +146,20 @@ class ModelEntry(Strict):
     capabilities: set[Capability] = Field(default_factory=set)
     owned_by: str = "serving"
     engine_defaults: dict[str, Any] = Field(default_factory=dict)
+    image: ImageOptions | None = None
+    video: VideoOptions | None = None
+
+    @model_validator(mode="after")
+    def _options_match_modality(self):
+        if self.modality not in ENGINE_MODALITIES[self.engine]:
+            raise ValueError(f"engine {self.engine} does not serve {self.modality.value} models")
+        for modality, options in ((Modality.image, self.image), (Modality.video, self.video)):
+            if (self.modality == modality) != (options is not None):
+                raise ValueError(
+                    f"`{modality.value}` options are required for, and only for, "
+                    f"{modality.value} models"
+                )
+        return self
 
     def names(self) -> list[str]:
         return [self.id, *self.aliases]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from serving.config.catalog import ModelEntry, Strict
-from serving.config.engines import VllmArgs
+from serving.config.engines import DiffusersArgs, VllmArgs
 
 
 class ApiKey(Strict):
@@ -28,6 +28,17 @@ class Timeouts(Strict):
     # Time allowed between two bytes from a worker (a whole non-streamed answer, or the gap
     # between two streamed chunks) before the client gets a 504.
     chat_s: float = Field(default=600.0, gt=0)
+    # A whole image request; past it the client gets a 504 and the worker stops at its next
+    # denoising step.
+    image_s: float = Field(default=300.0, gt=0)
+
+
+class VideoJobs(Strict):
+    """Asynchronous video jobs, kept by the router in SQLite under `state_dir`."""
+
+    retention_s: int = Field(default=86400, ge=60, description="Downloadable this long.")
+    max_queued_per_key: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
 
 
 class RouterConfig(Strict):
@@ -42,11 +53,13 @@ class RouterConfig(Strict):
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_connections_per_worker: int = Field(default=1024, ge=1)
+    videos: VideoJobs = Field(default_factory=VideoJobs)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class WorkerConfig(Strict):
     model: str = Field(description="A catalog id (models/*.yaml).")
+    enabled: bool = Field(default=True, description="An overlay can switch a worker off.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Overrides on the catalog entry's engine_defaults."
     )
@@ -59,7 +72,7 @@ class WorkerConfig(Strict):
 
     # Filled in by the loader from the catalog.
     entry: ModelEntry | None = Field(default=None, exclude=True)
-    args: VllmArgs | None = Field(default=None, exclude=True)
+    args: VllmArgs | DiffusersArgs | None = Field(default=None, exclude=True)
 
 
 class Config(Strict):
@@ -67,6 +80,11 @@ class Config(Strict):
     cache_dir: Path = Field(
         default=Path("~/.cache/serving"),
         description="Prepared model folders live here; SERVING_CACHE_DIR overrides it.",
+    )
+    state_dir: Path = Field(
+        default=Path("~/.local/share/serving"),
+        description="Router state: video jobs (SQLite) and their files; SERVING_STATE_DIR "
+        "overrides it.",
     )
     catalog_dir: Path = Field(
         default=Path("../models"), description="Relative to the config file that sets it."

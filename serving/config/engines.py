@@ -40,4 +40,21 @@ class VllmArgs(Strict):
     extra_args: list[str] = Field(default_factory=list)
 
 
-ENGINE_ARGS = {"vllm": VllmArgs}
+class DiffusersArgs(Strict):
+    """How a diffusers worker holds its pipeline."""
+
+    pipeline: Literal["FluxPipeline", "WanPipeline"]
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Wan's VAE loses detail in bf16; diffusers' own examples keep it in float32.
+    vae_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    # GPU memory: "model" moves whole components to the GPU only while they run.
+    offload: Literal["none", "model", "sequential"] = "none"
+    compile: bool = Field(default=False, description="torch.compile the repeated blocks")
+    max_batch_size: int = Field(
+        default=4, ge=1, description="Images per pipeline call when requests are batched."
+    )
+    # CPU: a fixed thread count keeps outputs byte-identical for a seed across runs.
+    threads: int | None = Field(default=None, ge=1)
+
+
+ENGINE_ARGS = {"vllm": VllmArgs, "diffusers": DiffusersArgs}

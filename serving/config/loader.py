@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.config.catalog import ModelEntry
 from serving.config.deployment import Config
-from serving.config.engines import ENGINE_ARGS
+from serving.config.engines import ENGINE_ARGS, VllmArgs
 
 KeyPath = tuple[str | int, ...]
 
@@ -123,7 +123,12 @@ def load_config(paths: list[Path]) -> Config:
     config.catalog_dir = (catalog_file.parent / config.catalog_dir.expanduser()).resolve()
     env_cache = os.environ.get("SERVING_CACHE_DIR")
     config.cache_dir = Path(env_cache or config.cache_dir).expanduser().resolve()
+    env_state = os.environ.get("SERVING_STATE_DIR")
+    config.state_dir = Path(env_state or config.state_dir).expanduser().resolve()
     config.router.generated_key_file = config.router.generated_key_file.expanduser()
+    config.workers = {name: w for name, w in config.workers.items() if w.enabled}
+    if not config.workers:
+        raise ConfigError(f"{paths[-1]}: workers: every worker is disabled")
 
     catalog = load_catalog(config.catalog_dir)
     served: dict[str, str] = {}
@@ -147,7 +152,8 @@ def load_config(paths: list[Path]) -> Config:
         worker.args = validate(
             ENGINE_ARGS[entry.engine], engine_args, provenance, ("workers", name, "engine_args")
         )
-        if "tool_use" in entry.capabilities and not worker.args.tool_call_parser:
+        if (isinstance(worker.args, VllmArgs) and "tool_use" in entry.capabilities
+                and not worker.args.tool_call_parser):
             raise ConfigError(
                 f"{where}: workers.{name}.engine_args.tool_call_parser: model '{entry.id}' has "
                 "the tool_use capability, so vLLM needs a tool parser (e.g. hermes)"

@@ -29,6 +29,7 @@ class BackgroundStack:
     process: subprocess.Popen
     base_url: str
     key: str
+    other_key: str  # a second valid key, to check that keys cannot see each other's things
     runtime: dict
     log: Path
 
@@ -55,10 +56,16 @@ class BackgroundStack:
 
 
 def start_background_stack(
-    configs: list[Path], workdir: Path, timeout_s: float = 600, env: dict[str, str] | None = None
+    configs: list[Path],
+    workdir: Path,
+    timeout_s: float = 600,
+    env: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> BackgroundStack:
-    """Start `serving up -c ...` on a free port with a fresh key; logs go to workdir/stack.log."""
-    key = "sk-bg-" + secrets.token_hex(16)
+    """Start `serving up -c ...` on a free port with fresh keys (or `key`, to restart a stack as
+    the same client); logs go to workdir/stack.log."""
+    key = key or "sk-bg-" + secrets.token_hex(16)
+    other_key = "sk-bg-" + secrets.token_hex(16)
     runtime_file = workdir / "runtime.json"
     runtime_file.unlink(missing_ok=True)
     log = workdir / "stack.log"
@@ -66,7 +73,7 @@ def start_background_stack(
            "--runtime-file", str(runtime_file)]
     for config in configs:
         cmd += ["-c", str(config)]
-    full_env = {**os.environ, **(env or {}), "SERVING_API_KEYS": key}
+    full_env = {**os.environ, **(env or {}), "SERVING_API_KEYS": f"{key},{other_key}"}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
@@ -77,4 +84,4 @@ def start_background_stack(
                                + log.read_text(errors="replace")[-4000:])
         time.sleep(0.5)
     runtime = json.loads(runtime_file.read_text())
-    return BackgroundStack(process, runtime["router"], key, runtime, log)
+    return BackgroundStack(process, runtime["router"], key, other_key, runtime, log)

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from serving.config import ApiKey, Config
+from serving.launcher.media import media_worker
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
 from serving.router.app import create_app
@@ -25,7 +26,7 @@ from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
 
-WORKER_BUILDERS = {"vllm": vllm_worker}
+WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker}
 
 
 def free_port() -> int:

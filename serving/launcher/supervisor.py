@@ -45,6 +45,14 @@ class WorkerSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
+def worker_env(env: dict[str, str], gpus: list[int] | None) -> dict[str, str]:
+    """A worker's extra environment: its own settings, and the GPUs it may see."""
+    out = dict(env)
+    if gpus is not None:
+        out["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    return out
+
+
 class State(enum.StrEnum):
     starting = "starting"
     up = "up"

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from serving.config import Config, WorkerConfig
-from serving.launcher.supervisor import WorkerSpec
+from serving.config import Config, VllmArgs, WorkerConfig
+from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.weights.prepare import chat_template_path
 
 
@@ -19,7 +19,7 @@ def vllm_worker(
     name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
 ) -> WorkerSpec:
     entry, args = worker.entry, worker.args
-    assert entry is not None and args is not None
+    assert entry is not None and isinstance(args, VllmArgs)
     caps = entry.capabilities
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -59,13 +59,10 @@ def vllm_worker(
             argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     argv += args.extra_args
 
-    env = dict(worker.env)
-    if worker.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, worker.gpus))
     return WorkerSpec(
         name=name,
         argv=argv,
-        env=env,
+        env=worker_env(worker.env, worker.gpus),
         port=port,
         startup_timeout_s=worker.startup_timeout_s,
     )

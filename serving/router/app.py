@@ -8,13 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from serving.config import ApiKey, Config
+from serving.config import ApiKey, Config, Modality
+from serving.errors import install_error_handlers
 from serving.router import health, models, unsupported
 from serving.router.auth import AuthMiddleware, KeyStore
-from serving.router.errors import install_error_handlers
+from serving.router.images import routes as image_routes
 from serving.router.registry import Registry, Served
 from serving.router.request_context import RequestContextMiddleware
 from serving.router.text import routes as text_routes
+from serving.router.videos import routes as video_routes
+from serving.router.videos.service import VideoService
 from serving.router.workers import Worker
 
 
@@ -27,14 +30,22 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
         for name in config.workers
     }
     registry = Registry([
-        Served(w.entry, workers[name], w.args.max_model_len if w.args else None)
+        Served(w.entry, workers[name], getattr(w.args, "max_model_len", None))
         for name, w in config.workers.items()
         if w.entry is not None
     ])
 
+    video_models = [s for s in registry.served if s.entry.modality == Modality.video]
+    videos = (VideoService(config.state_dir, router_config.videos, video_models)
+              if video_models else None)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        if videos is not None:
+            await videos.start()
         yield
+        if videos is not None:
+            await videos.stop()
         for worker in workers.values():
             await worker.aclose()
 
@@ -49,12 +60,15 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
     app.state.config = config
     app.state.registry = registry
     app.state.workers = workers
+    app.state.videos = videos
     app.state.created = int(time.time())
 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(text_routes.router)
+    app.include_router(image_routes.router)
+    app.include_router(video_routes.router)
     app.include_router(unsupported.router)
 
     # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,

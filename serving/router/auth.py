@@ -16,7 +16,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.config import ApiKey, RouterConfig
-from serving.router.errors import OpenAIError
+from serving.errors import OpenAIError
 
 ENV_KEYS = "SERVING_API_KEYS"
 
@@ -55,15 +55,15 @@ def configured_keys(router: RouterConfig) -> list[ApiKey]:
 
 class KeyStore:
     def __init__(self, keys: list[ApiKey]):
-        self._keys = [(bytes.fromhex(k.sha256), k.name) for k in keys]
+        self._keys = [(bytes.fromhex(k.sha256), k) for k in keys]
 
-    def verify(self, token: str) -> str | None:
-        """The key's name, or None. Every stored hash is compared, in constant time."""
+    def verify(self, token: str) -> ApiKey | None:
+        """The matching key, or None. Every stored hash is compared, in constant time."""
         digest = hashlib.sha256(token.encode()).digest()
         found = None
-        for stored, name in self._keys:
+        for stored, key in self._keys:
             if hmac.compare_digest(stored, digest):
-                found = name
+                found = key
         return found
 
 
@@ -89,9 +89,12 @@ class AuthMiddleware:
             )
         else:
             scheme, _, token = header.decode("latin-1").partition(" ")
-            name = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
-            if name is not None:
-                scope.setdefault("state", {})["key_name"] = name
+            key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+            if key is not None:
+                state = scope.setdefault("state", {})
+                # The name is for logs and the ledger; the hash identifies the owner of
+                # resources such as video jobs, whatever the key is named.
+                state["key_name"], state["key_id"] = key.name, key.sha256
                 return await self.app(scope, receive, send)
             error = _unauthorized(
                 "Incorrect API key provided."

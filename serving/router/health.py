@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serving.router.errors import OpenAIError
+from serving.errors import OpenAIError
 
 router = APIRouter()
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from serving.config import Modality, ModelEntry
-from serving.router.errors import model_not_found
+from serving.errors import model_not_found
 from serving.router.registry import Registry, Served
 
 router = APIRouter()
@@ -31,6 +31,12 @@ def _catalog_object(served: Served, created: int) -> dict[str, Any]:
     }
     if served.context_length:
         item["context_length"] = served.context_length
+    if entry.image is not None:
+        item |= {"sizes": entry.image.sizes, "default_size": entry.image.default_size,
+                 "max_n": entry.image.max_n}
+    if entry.video is not None:
+        item |= {"sizes": entry.video.sizes, "default_size": entry.video.default_size,
+                 "seconds": entry.video.seconds, "default_seconds": entry.video.default_seconds}
     return item
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.config import Modality, ModelEntry
-from serving.router.errors import OpenAIError, model_not_found
+from serving.errors import OpenAIError, model_not_found
 from serving.router.workers import Worker
 
 
@@ -24,8 +24,18 @@ class Registry:
     def get(self, name: str) -> Served | None:
         return self._by_name.get(name)
 
-    def resolve(self, name: str, modality: Modality, endpoint: str) -> Served:
-        """The model a request names, or the 404/400 OpenAI gives for a wrong one."""
+    def resolve(self, name: str | None, modality: Modality, endpoint: str) -> Served:
+        """The model a request names, or the 404/400 OpenAI gives for a wrong one.
+
+        Endpoints where OpenAI's `model` is optional (images, videos) get the first configured
+        model of their modality when none is named.
+        """
+        if name is None:
+            served = next((s for s in self.served if s.entry.modality == modality), None)
+            if served is None:
+                raise OpenAIError(404, f"No {modality.value} model is configured.",
+                                  param="model", code="model_not_found")
+            return served
         served = self._by_name.get(name)
         if served is None:
             raise model_not_found(name)

@@ -66,10 +66,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             usage = state.get("usage")
-            tokens = "" if usage is None else (
-                f" prompt={usage['prompt_tokens']} completion={usage['completion_tokens']}"
-                f" cache_read={usage['cache_read_input_tokens']}"
-                f" cache_creation={usage['cache_creation_input_tokens']}"
+            tokens = "".join(
+                f" {k}={v}" for k, v in (usage or {}).items() if isinstance(v, int | float)
             )
             access_log.info(
                 "%s %s %d %.0fms key=%s%s", scope["method"], scope["path"], status,

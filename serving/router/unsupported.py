@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from serving.router.errors import OpenAIError
+from serving.errors import OpenAIError
 
 router = APIRouter()
 
@@ -30,6 +30,10 @@ UNSUPPORTED: dict[str, str] = {
     "/v1/images/variations": "Image variations are not supported; use /v1/images/generations.",
     "/v1/responses": "The Responses API is not supported; use /v1/chat/completions.",
     "/v1/moderations": "Moderations are not supported by this API.",
+    "/v1/videos/edits": "Video edits are not supported; create a new video with /v1/videos.",
+    "/v1/videos/extensions": "Video extensions are not supported; create a new video with "
+    "/v1/videos.",
+    "/v1/videos/characters": "Video characters are not supported by this API.",
 }
 
 

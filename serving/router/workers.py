@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from serving.config.deployment import Timeouts
-from serving.router.errors import OpenAIError
+from serving.errors import OpenAIError
 
 RETRY_AFTER_S = "5"
 
@@ -35,10 +35,21 @@ class Worker:
         )
 
     async def send(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], *, stream: bool = False
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
     ) -> httpx.Response:
-        """POST `body`; transport failures become 503 (down) or 504 (too slow)."""
-        request = self.client.build_request("POST", path, json=body, headers=headers)
+        """POST `body`; transport failures become 503 (down) or 504 (too slow).
+
+        `timeout` replaces the read timeout for this request (a whole image, say).
+        """
+        extra = {} if timeout is None else {
+            "timeout": httpx.Timeout(timeout, connect=self.client.timeout.connect)}
+        request = self.client.build_request("POST", path, json=body, headers=headers, **extra)
         try:
             return await self.client.send(request, stream=stream)
         except httpx.TimeoutException as e:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from serving.config import Config, ModelEntry
-from serving.config.catalog import HubSource, PackageSource, PathSource
+from serving.config.catalog import HubSource, PackageSource, PathSource, TinySource
 
 log = logging.getLogger("serving.weights")
 
@@ -84,15 +84,16 @@ def _build_atomically(final: Path, build) -> Path:
     return final
 
 
-def _convert_gguf(gguf_file: Path, dtype: str):
+def _in_child(what: str, module: str, *args: str):
+    """A build step run as `python -m module *args TMP_DIR`, so the torch and transformers it
+    loads live in a short-lived child rather than in the launcher."""
+
     def build(tmp: Path) -> None:
-        cmd = [sys.executable, "-m", "serving.weights.gguf", str(gguf_file), str(tmp)]
-        if dtype in ("bfloat16", "float16", "float32"):
-            cmd += ["--dtype", dtype]
+        cmd = [sys.executable, "-m", module, *args, str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-            raise PrepareError(f"converting {gguf_file.name} failed:\n{tail}")
+            raise PrepareError(f"{what} failed:\n{tail}")
 
     return build
 
@@ -120,14 +121,21 @@ def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Pa
             )
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
             raise PrepareError(f"{entry.id}: downloading {source.hub} failed: {e}") from None
-    path = package_path(source)
-    if source.format == "hf":
-        return path
     final = cache_dir / "models" / f"{entry.id}--{_digest(entry)}"
+    if isinstance(source, TinySource):
+        build = _in_child(f"building tiny {source.tiny} pipeline", "serving.weights.tiny",
+                          source.tiny, "--seed", str(source.seed))
+    else:
+        path = package_path(source)
+        if source.format == "hf":
+            return path
+        dtype_args = ["--dtype", dtype] if dtype in ("bfloat16", "float16", "float32") else []
+        build = _in_child(f"converting {path.name}", "serving.weights.gguf", str(path),
+                          *dtype_args)
     if final.is_dir():
         return final
-    log.info("converting %s from %s into %s (once)", entry.id, path.name, final)
-    return _build_atomically(final, _convert_gguf(path, dtype))
+    log.info("preparing %s into %s (once)", entry.id, final)
+    return _build_atomically(final, build)
 
 
 def chat_template_path(entry: ModelEntry) -> Path | None:

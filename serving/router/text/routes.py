@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from serving.config import Modality
-from serving.router.errors import invalid_request
+from serving.errors import invalid_request
 from serving.router.registry import Registry, Served
 from serving.router.request_context import worker_request_id
 from serving.router.text.protocol import (

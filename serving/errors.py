@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger("serving.router")
+log = logging.getLogger("serving.errors")
 
 # OpenAI's `type` for each status it uses.
 _TYPE_BY_STATUS = {

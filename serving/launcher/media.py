@@ -1,0 +1,26 @@
+"""Media workers (diffusers images and videos): `python -m serving.workers KIND`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from serving.config import Config, Modality, WorkerConfig
+from serving.config.engines import DiffusersArgs
+from serving.launcher.supervisor import WorkerSpec, worker_env
+from serving.workers.spec import MediaWorkerSpec
+
+KIND = {Modality.image: "images", Modality.video: "videos"}
+
+
+def media_worker(
+    name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
+) -> WorkerSpec:
+    entry, args = worker.entry, worker.args
+    assert entry is not None and isinstance(args, DiffusersArgs)
+    spec = MediaWorkerSpec(name=name, device=config.device, model_path=model_path, entry=entry,
+                           args=args)
+    argv = [sys.executable, "-m", "serving.workers", KIND[entry.modality], "--port", str(port),
+            "--spec", spec.model_dump_json()]
+    return WorkerSpec(name=name, argv=argv, env=worker_env(worker.env, worker.gpus), port=port,
+                      startup_timeout_s=worker.startup_timeout_s)

@@ -1,0 +1,1 @@
+"""Encoding generated media (PyAV: FFmpeg in the wheel, no system ffmpeg needed)."""

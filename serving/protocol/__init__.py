@@ -1,0 +1,1 @@
+"""Request shapes shared by the router and the media workers."""

@@ -1,0 +1,1 @@
+"""POST /v1/images/generations, served by diffusers image workers."""

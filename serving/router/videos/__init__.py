@@ -1,0 +1,1 @@
+"""The asynchronous video API, with its jobs kept by the router."""

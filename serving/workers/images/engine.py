@@ -1,0 +1,69 @@
+"""Run one text-to-image pipeline call for a batch of requests."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.protocol.images import ImageParams, random_seed
+from serving.workers.diffusion import Cancelled, generator, step_callback
+
+
+@dataclass(eq=False)
+class ImageJob:
+    params: ImageParams
+    seed: int
+    # Set from the event loop when the client leaves or the deadline passes; read by the
+    # pipeline thread at each step.
+    cancelled: bool = False
+    images: list[bytes] = field(default_factory=list)
+
+
+class ImageEngine:
+    """Owns the pipeline. Not thread-safe, like the pipeline: the batcher calls it serially."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        # FLUX's main text encoder is T5 (tokenizer_2); CLIP only pools.
+        self.tokenizer = getattr(pipe, "tokenizer_2", None) or getattr(pipe, "tokenizer", None)
+
+    def new_job(self, params: ImageParams) -> ImageJob:
+        return ImageJob(params, params.seed if params.seed is not None else random_seed())
+
+    def generate(self, jobs: list[ImageJob]) -> None:
+        """Fill each job's `images` with PNG bytes; raise Cancelled if every job is cancelled.
+
+        Image i of a job is seeded with `seed + i`, so a seed reproduces its images exactly
+        and the n images of one request differ.
+        """
+        first = jobs[0].params
+        prompts, generators = [], []
+        for job in jobs:
+            for i in range(job.params.n):
+                prompts.append(job.params.prompt)
+                generators.append(generator(job.seed + i))
+
+        def on_step(_: int) -> None:
+            if all(job.cancelled for job in jobs):
+                raise Cancelled
+
+        images = self.pipe(
+            prompt=prompts,
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=generators,
+            output_type="pil",
+            callback_on_step_end=step_callback(on_step),
+        ).images
+        it = iter(images)
+        for job in jobs:
+            job.images = [_png(next(it)) for _ in range(job.params.n)]
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,87 @@
+"""The video worker's HTTP side.
+
+The public video API is asynchronous and its jobs are kept by the router; this worker renders
+one job per request: `POST /v1/videos/render` answers with server-sent events, `progress`
+while denoising and a final `completed` or `failed`. If the router goes away mid-render (a
+deleted job, a shutdown), the render stops at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.responses import StreamingResponse
+
+from serving.protocol.videos import VideoParams
+from serving.workers.app import worker_app
+from serving.workers.diffusion import Cancelled, load_pipeline
+from serving.workers.spec import MediaWorkerSpec
+from serving.workers.videos.engine import VideoEngine
+
+log = logging.getLogger("serving.workers.videos")
+
+
+class RenderRequest(BaseModel):
+    params: VideoParams
+    output: Path
+
+
+def event(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def create_app(spec: MediaWorkerSpec) -> FastAPI:
+    state: dict[str, VideoEngine] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state["engine"] = VideoEngine(await asyncio.to_thread(load_pipeline, spec))
+        yield
+
+    app = worker_app(spec, lifespan)
+
+    @app.post("/v1/videos/render")
+    async def render(body: RenderRequest) -> StreamingResponse:
+        return StreamingResponse(_render(state["engine"], body), media_type="text/event-stream")
+
+    return app
+
+
+async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    progress: asyncio.Queue[int] = asyncio.Queue()
+    cancelled = False
+
+    def on_progress(p: int) -> None:
+        loop.call_soon_threadsafe(progress.put_nowait, p)
+
+    task = asyncio.ensure_future(asyncio.to_thread(
+        engine.render, body.params, body.output, on_progress, lambda: cancelled))
+    try:
+        while not task.done():
+            getter = asyncio.ensure_future(progress.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield event({"status": "in_progress", "progress": getter.result()})
+            else:
+                getter.cancel()
+        try:
+            frames = task.result()
+        except Cancelled:
+            return
+        except Exception as e:
+            log.exception("render failed")
+            yield event({"status": "failed",
+                         "error": {"code": "render_failed", "message": str(e) or repr(e)}})
+            return
+        yield event({"status": "completed", "progress": 100, "frames": frames})
+    finally:
+        cancelled = True  # nobody is listening any more: stop at the next step
