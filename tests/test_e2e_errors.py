@@ -143,7 +143,8 @@ def test_health_and_ready_need_no_key(stack):
     assert httpx.get(stack.base_url + "/health").json() == {"status": "ok"}
     ready = httpx.get(stack.base_url + "/ready").json()
     assert ready["status"] == "ready"
-    assert ready["workers"] == {"chat": "up", "images": "up", "videos": "up"}
+    assert ready["workers"] == {"chat": "up", "images": "up", "videos": "up", "speech": "up",
+                                "transcription": "up"}
 
 
 @pytest.mark.parametrize(

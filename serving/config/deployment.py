@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from serving.config.catalog import ModelEntry, Strict
-from serving.config.engines import DiffusersArgs, VllmArgs
+from serving.config.engines import DiffusersArgs, TtsArgs, VllmArgs, WhisperArgs
 
 
 class ApiKey(Strict):
@@ -31,6 +31,7 @@ class Timeouts(Strict):
     # A whole image request; past it the client gets a 504 and the worker stops at its next
     # denoising step.
     image_s: float = Field(default=300.0, gt=0)
+    audio_s: float = Field(default=300.0, gt=0)
 
 
 class VideoJobs(Strict):
@@ -72,7 +73,8 @@ class WorkerConfig(Strict):
 
     # Filled in by the loader from the catalog.
     entry: ModelEntry | None = Field(default=None, exclude=True)
-    args: VllmArgs | DiffusersArgs | None = Field(default=None, exclude=True)
+    args: VllmArgs | DiffusersArgs | WhisperArgs | TtsArgs | None = Field(default=None,
+                                                                          exclude=True)
 
 
 class Config(Strict):

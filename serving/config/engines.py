@@ -57,4 +57,26 @@ class DiffusersArgs(Strict):
     threads: int | None = Field(default=None, ge=1)
 
 
-ENGINE_ARGS = {"vllm": VllmArgs, "diffusers": DiffusersArgs}
+class WhisperArgs(Strict):
+    """faster-whisper's WhisperModel settings (CTranslate2)."""
+
+    compute_type: str = Field(default="int8", examples=["int8", "float16", "int8_float16"])
+    cpu_threads: int = Field(default=0, ge=0, description="0: CTranslate2's default.")
+    num_workers: int = Field(default=1, ge=1, description="Transcriptions run in parallel.")
+    beam_size: int = Field(default=5, ge=1)
+    vad_filter: bool = False
+
+
+class TtsArgs(Strict):
+    """Text-to-speech engines (hibari, Kokoro) run on onnxruntime."""
+
+    threads: int | None = Field(default=None, ge=1)
+    providers: list[str] | None = Field(
+        default=None, examples=[["CUDAExecutionProvider", "CPUExecutionProvider"]])
+    lang: str = Field(default="en-us", description="espeak language for Kokoro's phonemizer.")
+    max_chunk_chars: int = Field(default=400, ge=20,
+                                 description="Long input is synthesised in chunks this big.")
+
+
+ENGINE_ARGS = {"vllm": VllmArgs, "diffusers": DiffusersArgs, "faster-whisper": WhisperArgs,
+               "hibari": TtsArgs, "kokoro": TtsArgs}

@@ -1,4 +1,4 @@
-"""Media workers (diffusers images and videos): `python -m serving.workers KIND`."""
+"""Media workers (images, videos, speech, transcription): `python -m serving.workers KIND`."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ import sys
 from pathlib import Path
 
 from serving.config import Config, Modality, WorkerConfig
-from serving.config.engines import DiffusersArgs
 from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.workers.spec import MediaWorkerSpec
 
-KIND = {Modality.image: "images", Modality.video: "videos"}
+KIND = {Modality.image: "images", Modality.video: "videos", Modality.speech: "speech",
+        Modality.transcription: "transcription"}
 
 
 def media_worker(
     name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
 ) -> WorkerSpec:
     entry, args = worker.entry, worker.args
-    assert entry is not None and isinstance(args, DiffusersArgs)
+    assert entry is not None and args is not None
     spec = MediaWorkerSpec(name=name, device=config.device, model_path=model_path, entry=entry,
                            args=args)
     argv = [sys.executable, "-m", "serving.workers", KIND[entry.modality], "--port", str(port),

@@ -26,7 +26,9 @@ from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
 
-WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker}
+WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker,
+                   "faster-whisper": media_worker, "hibari": media_worker,
+                   "kokoro": media_worker}
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from serving.config import ApiKey, Config, Modality
 from serving.errors import install_error_handlers
 from serving.router import health, models, unsupported
+from serving.router.audio import routes as audio_routes
 from serving.router.auth import AuthMiddleware, KeyStore
 from serving.router.images import routes as image_routes
 from serving.router.registry import Registry, Served
@@ -69,6 +70,7 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
     app.include_router(text_routes.router)
     app.include_router(image_routes.router)
     app.include_router(video_routes.router)
+    app.include_router(audio_routes.router)
     app.include_router(unsupported.router)
 
     # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,

@@ -34,6 +34,11 @@ def _catalog_object(served: Served, created: int) -> dict[str, Any]:
     if entry.image is not None:
         item |= {"sizes": entry.image.sizes, "default_size": entry.image.default_size,
                  "max_n": entry.image.max_n}
+    if entry.speech is not None:
+        item |= {"voices": entry.speech.voices, "default_voice": entry.speech.default_voice,
+                 "openai_voices": entry.speech.openai_voices}
+    if entry.transcription is not None:
+        item["languages"] = entry.transcription.languages
     if entry.video is not None:
         item |= {"sizes": entry.video.sizes, "default_size": entry.video.default_size,
                  "seconds": entry.video.seconds, "default_seconds": entry.video.default_seconds}

@@ -37,19 +37,24 @@ class Worker:
     async def send(
         self,
         path: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
         *,
+        content: bytes | None = None,
+        content_type: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
     ) -> httpx.Response:
-        """POST `body`; transport failures become 503 (down) or 504 (too slow).
-
-        `timeout` replaces the read timeout for this request (a whole image, say).
+        """POST `body` as JSON (or raw `content`); transport failures become 503 (down) or
+        504 (too slow). `timeout` replaces the read timeout for this request (a whole image).
         """
-        extra = {} if timeout is None else {
+        extra: dict[str, Any] = {} if timeout is None else {
             "timeout": httpx.Timeout(timeout, connect=self.client.timeout.connect)}
-        request = self.client.build_request("POST", path, json=body, headers=headers, **extra)
+        headers = dict(headers or {})
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        request = self.client.build_request("POST", path, json=body, content=content,
+                                            headers=headers, **extra)
         try:
             return await self.client.send(request, stream=stream)
         except httpx.TimeoutException as e:

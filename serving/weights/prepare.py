@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 
 from serving.config import Config, ModelEntry
-from serving.config.catalog import HubSource, PackageSource, PathSource, TinySource
+from serving.config.catalog import (
+    AssembleSource,
+    HubSource,
+    PackageSource,
+    PathSource,
+    TinySource,
+)
 
 log = logging.getLogger("serving.weights")
 
@@ -42,15 +48,43 @@ def package_path(source: PackageSource) -> Path:
     return path
 
 
+def _packages(source: object) -> list[str]:
+    if isinstance(source, PackageSource):
+        return [source.package]
+    if isinstance(source, AssembleSource):
+        return sorted({p.split(":", 1)[0] for parts in source.assemble.values() for p in parts})
+    return []
+
+
 def _digest(entry: ModelEntry) -> str:
-    """Changes whenever the source or the package version does, so stale conversions are redone."""
+    """Changes whenever the source or a package version does, so stale builds are redone."""
     key = entry.source.model_dump_json()
-    if isinstance(entry.source, PackageSource):
+    for package in _packages(entry.source):
         try:
-            key += importlib.metadata.version(entry.source.package)
+            key += importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             key += "unversioned"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _assemble(source: AssembleSource):
+    parts = {name: [_package_file(p) for p in paths]
+             for name, paths in source.assemble.items()}  # fail before writing anything
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for name, files in parts.items():
+            with (tmp / name).open("wb") as out:
+                for part in files:
+                    with part.open("rb") as f:
+                        shutil.copyfileobj(f, out, 16 * 1024 * 1024)
+
+    return build
+
+
+def _package_file(spec: str) -> Path:
+    package, _, file = spec.partition(":")
+    return package_path(PackageSource(package=package, file=file))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -122,12 +156,14 @@ def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Pa
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
             raise PrepareError(f"{entry.id}: downloading {source.hub} failed: {e}") from None
     final = cache_dir / "models" / f"{entry.id}--{_digest(entry)}"
-    if isinstance(source, TinySource):
+    if isinstance(source, AssembleSource):
+        build = _assemble(source)
+    elif isinstance(source, TinySource):
         build = _in_child(f"building tiny {source.tiny} pipeline", "serving.weights.tiny",
                           source.tiny, "--seed", str(source.seed))
     else:
         path = package_path(source)
-        if source.format == "hf":
+        if source.format == "ready":
             return path
         dtype_args = ["--dtype", dtype] if dtype in ("bfloat16", "float16", "float32") else []
         build = _in_child(f"converting {path.name}", "serving.weights.gguf", str(path),
@@ -155,5 +191,6 @@ def prepare_all(config: Config) -> dict[str, Path]:
     for name, worker in config.workers.items():
         assert worker.entry is not None and worker.args is not None
         chat_template_path(worker.entry)  # fail now, not when the worker starts
-        out[name] = prepare_model(worker.entry, config.cache_dir, worker.args.dtype)
+        dtype = getattr(worker.args, "dtype", "auto")  # GGUF conversion's target dtype
+        out[name] = prepare_model(worker.entry, config.cache_dir, dtype)
     return out

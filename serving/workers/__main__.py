@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 
 from serving.workers.app import serve
@@ -11,18 +12,15 @@ from serving.workers.spec import MediaWorkerSpec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["images", "videos"])
+    parser.add_argument("kind", choices=["images", "videos", "speech", "transcription"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spec", required=True, help="MediaWorkerSpec as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     spec = MediaWorkerSpec.model_validate_json(args.spec)
-    if args.kind == "images":
-        from serving.workers.images.server import create_app
-    else:
-        from serving.workers.videos.server import create_app
-    serve(create_app(spec), args.port)
+    module = importlib.import_module(f"serving.workers.{args.kind}.server")
+    serve(module.create_app(spec), args.port)
 
 
 if __name__ == "__main__":

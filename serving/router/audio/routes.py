@@ -1,0 +1,113 @@
+"""POST /v1/audio/speech and POST /v1/audio/transcriptions, served by audio workers.
+
+The router checks each request against the catalog, then passes the body on as it came (the
+transcription upload is forwarded byte for byte, not re-encoded) and relays the worker's
+answer as it arrives: streamed audio, server-sent events, or a whole transcript.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.responses import Response, StreamingResponse
+
+from serving.config import Modality
+from serving.errors import OpenAIError, invalid_request
+from serving.protocol.audio import (
+    SpeechRequest,
+    check_audio_file,
+    resolve_speech_request,
+    resolve_transcription,
+    transcription_fields,
+)
+from serving.router.registry import Served
+from serving.router.request_context import worker_request_id
+from serving.router.workers import upstream_error
+
+router = APIRouter()
+
+# Room for the multipart framing and the other fields around the file itself.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+async def _relay(request: Request, served: Served, path: str, **send) -> Response:
+    response = await served.worker.send(
+        path, headers={"X-Request-Id": worker_request_id(request.scope)}, stream=True,
+        timeout=request.app.state.config.router.timeouts.audio_s, **send)
+    if response.status_code != 200:
+        await response.aread()
+        await response.aclose()
+        raise upstream_error(response)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    return StreamingResponse(body(), media_type=response.headers.get("content-type"))
+
+
+@router.post("/v1/audio/speech")
+async def create_speech(body: SpeechRequest, request: Request) -> Response:
+    served = request.app.state.registry.resolve(body.model, Modality.speech,
+                                                "/v1/audio/speech")
+    assert served.entry.speech is not None
+    resolve_speech_request(body, served.entry.speech)
+    upstream = body.model_dump(exclude_none=True)
+    upstream["model"] = served.entry.id
+    request.state.usage = {"input_characters": len(body.input)}
+    return await _relay(request, served, "/v1/audio/speech", body=upstream)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The whole body, or a 413 as soon as it is known to be too big (before reading it)."""
+    too_big = OpenAIError(413, f"The request is larger than the {limit} bytes allowed.",
+                          code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/v1/audio/transcriptions")
+async def create_transcription(request: Request) -> Response:
+    registry = request.app.state.registry
+    limit = max((s.entry.transcription.max_file_bytes for s in registry.served
+                 if s.entry.transcription is not None), default=0) + FORM_OVERHEAD_BYTES
+    raw = await _read_capped(request, limit)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise invalid_request("Transcriptions take multipart/form-data with a 'file' part.",
+                              param="file", code="invalid_content_type")
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield raw
+
+    try:
+        form = await MultiPartParser(request.headers, replay()).parse()
+    except MultiPartException as e:
+        raise invalid_request(f"The multipart body could not be parsed: {e.message}",
+                              param="file") from None
+    try:
+        fields = transcription_fields(form)
+        served = registry.resolve(fields.model, Modality.transcription,
+                                  "/v1/audio/transcriptions")
+        options = served.entry.transcription
+        check_audio_file(form, options)
+        resolve_transcription(fields, options)
+    finally:
+        await form.close()
+    # The worker gets the upload as it came; it knows its model by any of its names.
+    return await _relay(request, served, "/v1/audio/transcriptions", content=raw,
+                        content_type=content_type)
+

@@ -1,0 +1,1 @@
+"""The speech worker: text-to-speech engines behind /v1/audio/speech."""

@@ -1,0 +1,1 @@
+"""The transcription worker: faster-whisper behind /v1/audio/transcriptions."""
