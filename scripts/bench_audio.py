@@ -115,17 +115,19 @@ def main() -> int:
         from faster_whisper import WhisperModel, decode_audio
 
         model_dir = prepare_model(stt.entry, config.cache_dir)
+        # The same engine settings as the worker, so the difference is what the router and
+        # the worker's HTTP layer cost.
+        model = WhisperModel(str(model_dir), device="cpu", compute_type=stt.args.compute_type,
+                             cpu_threads=stt.args.cpu_threads,
+                             num_workers=stt.args.num_workers)
+
+        def direct(_: int) -> None:
+            segments, _info = model.transcribe(decode_audio(io.BytesIO(clip)),
+                                               beam_size=stt.args.beam_size)
+            list(segments)
+
+        direct(0)  # warm-up
         for c in levels:
-            model = WhisperModel(str(model_dir), device="cpu",
-                                 compute_type=stt.args.compute_type,
-                                 cpu_threads=stt.args.cpu_threads, num_workers=c)
-
-            def direct(_: int, model=model) -> None:
-                segments, _info = model.transcribe(decode_audio(io.BytesIO(clip)),
-                                                   beam_size=stt.args.beam_size)
-                list(segments)
-
-            direct(0)  # warm-up
             start = time.perf_counter()
             with ThreadPoolExecutor(c) as pool:
                 list(pool.map(direct, range(args.requests)))

@@ -90,19 +90,9 @@ Source = HubSource | PathSource | PackageSource | TinySource | AssembleSource
 SIZE_PATTERN = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
 
 
-class IntRange(Strict):
-    default: int
-    min: int
-    max: int
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.min <= self.default <= self.max:
-            raise ValueError("needs min <= default <= max")
-        return self
-
-
 class FloatRange(Strict):
+    """A client-settable number: its default and the bounds the API accepts."""
+
     default: float
     min: float
     max: float
@@ -112,6 +102,12 @@ class FloatRange(Strict):
         if not self.min <= self.default <= self.max:
             raise ValueError("needs min <= default <= max")
         return self
+
+
+class IntRange(FloatRange):
+    default: int
+    min: int
+    max: int
 
 
 class _Generation(Strict):

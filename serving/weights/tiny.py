@@ -27,7 +27,7 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer, T5Tokenizer
@@ -199,6 +199,17 @@ def _save(pipe, out_dir: Path) -> None:
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
+def _t5_config(tokenizer: Any, d_model: int) -> dict[str, Any]:
+    """A two-layer (U)T5 encoder config; FLUX uses T5, Wan its multilingual UMT5 sibling."""
+    return {
+        "vocab_size": len(tokenizer), "d_model": d_model, "d_kv": 8, "d_ff": 37,
+        "num_layers": 2, "num_heads": 4, "relative_attention_num_buckets": 8,
+        "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0,
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+
+
 def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
     """Build a tiny random `FluxPipeline` (a few MB) and `save_pretrained` it into `out_dir`."""
     import torch
@@ -264,20 +275,7 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
     ))
 
     torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer_2),
-        d_model=t5_dim,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=tokenizer_2.pad_token_id,
-        eos_token_id=tokenizer_2.eos_token_id,
-        decoder_start_token_id=tokenizer_2.pad_token_id,
-    ))
+    text_encoder_2 = T5EncoderModel(T5Config(**_t5_config(tokenizer_2, t5_dim)))
 
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler config
         num_train_timesteps=1000,
@@ -341,20 +339,7 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> None:
     )
 
     torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(tokenizer),
-        d_model=text_dim,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = UMT5EncoderModel(UMT5Config(**_t5_config(tokenizer, text_dim)))
 
     scheduler = UniPCMultistepScheduler(  # Wan2.1-T2V's scheduler config
         num_train_timesteps=1000,
