@@ -153,13 +153,19 @@ def main() -> int:
 
     stack = None
     if args.config:
+        from serving.config import load_config
         from serving.launcher.background import start_background_stack
 
+        # Only the chat worker runs: the others would only compete for the cores.
+        workers = load_config(args.config).workers
+        chat = next(n for n, w in workers.items() if args.model in w.entry.names())
         workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+        overlay = {"workers": {n: {"enabled": False} for n in workers if n != chat}}
+        (workdir / "overlay.yaml").write_text(json.dumps(overlay))
         print(f"starting stack ({workdir / 'stack.log'})...", file=sys.stderr)
-        stack = start_background_stack(args.config, workdir)
+        stack = start_background_stack([*args.config, workdir / "overlay.yaml"], workdir)
         args.url, args.key = stack.base_url, stack.key
-        args.direct_url = stack.worker_url("chat")
+        args.direct_url = stack.worker_url(chat)
     urls = {"router": args.url, "direct": args.direct_url}
     targets = ["direct", "router"] if args.compare else [args.target]
     for target in targets:
