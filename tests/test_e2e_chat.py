@@ -261,3 +261,42 @@ def test_request_id_is_the_clients_when_sane(http):
     assert r.headers["x-request-id"] == "my-trace-42"
     r = http.get("/v1/models", headers={"x-request-id": "bad id\twith tabs"})
     assert r.headers["x-request-id"].startswith("req_")
+
+
+def _running(stack) -> float:
+    import httpx
+
+    metrics = httpx.get(stack.worker_url("chat") + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
+def _wait_idle(stack, timeout_s: float = 20) -> float:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (running := _running(stack)) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running
+
+
+LONG_ESSAY = {"model": CHAT_MODEL, "max_tokens": 1500, "temperature": 1.0, "seed": 1,
+              "messages": [{"role": "user", "content": "Write a very long essay about the "
+                            "history of the world, with many chapters."}]}
+
+
+def test_client_disconnect_aborts_the_generation(stack, http):
+    """1500 tokens take about a minute here; a client that leaves after 2 s frees vLLM at once,
+    for a plain request and for a stream."""
+    import httpx
+
+    assert _wait_idle(stack) == 0
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=LONG_ESSAY, timeout=2.0)
+    assert _wait_idle(stack, 10) == 0
+
+    with http.stream("POST", "/v1/chat/completions",
+                     json={**LONG_ESSAY, "stream": True}) as r:
+        next(r.iter_lines())
+        assert _running(stack) == 1
+    assert _wait_idle(stack, 10) == 0

@@ -123,3 +123,25 @@ def test_relay_meters_usage_and_passes_the_rest_through(size: int, include_usage
         assert usage["cache_read_input_tokens"] == 0 and "cache_creation_input_tokens" in usage
     else:
         assert usage_events == []
+
+
+def test_body_limit_is_a_413_envelope(tmp_path: Path):
+    client = router(tmp_path, "router: {max_body_bytes: 2048}")
+    body = {"model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "x" * 4096}]}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "'
+        for _ in range(8):
+            yield b"y" * 1024
+        yield b'"}]}'
+
+    r = client.post("/v1/chat/completions", content=chunks(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param",
+                                                                "code"}
+    # Unauthenticated requests are turned away before their body is even looked at.
+    r = client.post("/v1/chat/completions", json=body, headers={"Authorization": ""})
+    assert r.status_code == 401

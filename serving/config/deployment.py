@@ -54,6 +54,9 @@ class RouterConfig(Strict):
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_connections_per_worker: int = Field(default=1024, ge=1)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024,
+                                description="Largest request body (transcription uploads have "
+                                "their own limit, from the model's catalog entry).")
     videos: VideoJobs = Field(default_factory=VideoJobs)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -14,6 +14,7 @@ from serving.router import health, models, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.auth import AuthMiddleware, KeyStore
 from serving.router.images import routes as image_routes
+from serving.router.limits import BodyLimitMiddleware
 from serving.router.registry import Registry, Served
 from serving.router.request_context import RequestContextMiddleware
 from serving.router.text import routes as text_routes
@@ -75,6 +76,8 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
 
     # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,
     # so CORS preflights (which carry no key) are answered before auth sees them.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=router_config.max_body_bytes,
+                       exempt=("/v1/audio/transcriptions",))
     app.add_middleware(AuthMiddleware, keys=KeyStore(keys))
     if router_config.cors_origins:
         app.add_middleware(

@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from serving.cancel import ClientDisconnected, unless_disconnected
 from serving.router.usage import normalize_usage
 from serving.router.workers import Worker, upstream_error
 
@@ -50,6 +52,7 @@ def clean(obj: Any) -> Any:
 
 
 async def forward(
+    request: Request,
     worker: Worker,
     path: str,
     body: dict[str, Any],
@@ -59,7 +62,12 @@ async def forward(
     on_usage: UsageSink,
 ) -> Response:
     if not body.get("stream"):
-        response = await worker.send(path, body, headers)
+        try:
+            # A client that leaves aborts the generation: closing the upstream connection
+            # makes vLLM abort the request. (A stream is cancelled the same way, by Starlette.)
+            response = await unless_disconnected(request, worker.send(path, body, headers))
+        except ClientDisconnected:
+            return Response(status_code=499)
         if response.status_code != 200:
             raise upstream_error(response)
         data = clean(response.json())

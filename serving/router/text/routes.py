@@ -38,6 +38,7 @@ async def _forward(request: Request, served: Served, path: str, body: dict[str, 
         request.state.usage = usage
 
     return await forward(
+        request,
         served.worker,
         path,
         body,
