@@ -13,6 +13,7 @@ import ctypes
 import enum
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -24,6 +25,9 @@ import httpx
 log = logging.getLogger("serving.launcher")
 
 PR_SET_PDEATHSIG = 1
+
+# Log lines that name a failure, minus vLLM's shutdown noise (which follows any failure).
+_ERROR_LINE = re.compile(r"(Error|Exception|error:|Killed|Traceback|failed)(?!.*EngineDeadError)")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -76,7 +80,8 @@ class Supervisor:
     process: asyncio.subprocess.Process | None = None
     _stopping: bool = False
     _monitor: asyncio.Task | None = None
-    _tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    startup_attempts: int = 3
+    _tail: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
 
     @property
     def name(self) -> str:
@@ -84,6 +89,7 @@ class Supervisor:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        self._tail.clear()
         self.process = await asyncio.create_subprocess_exec(
             *self.spec.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -120,21 +126,41 @@ class Supervisor:
         return False
 
     async def start(self) -> None:
-        """Start the worker and wait until it is healthy; raise if it cannot get there."""
-        process = await self._spawn()
-        self.state = State.starting
-        pump = asyncio.create_task(self._pump_logs(process))
-        if not await self._wait_healthy(process):
+        """Start the worker and wait until it is healthy; raise if it cannot get there.
+
+        A worker that dies while starting is tried again, as a crash later would be: a
+        transient failure (a port taken in the meantime, a slow disk) should not keep the whole
+        stack down. One that keeps dying, or never answers its health check, raises.
+        """
+        for attempt in range(1, self.startup_attempts + 1):
+            process = await self._spawn()
+            self.state = State.starting
+            pump = asyncio.create_task(self._pump_logs(process))
+            if await self._wait_healthy(process):
+                self.state = State.up
+                self._monitor = asyncio.create_task(self._watch(process, pump))
+                return
+            hung = process.returncode is None
             await self._terminate(process)
             await pump
             self.state = State.down
-            tail = "\n".join(f"    {line}" for line in list(self._tail)[-15:])
-            raise WorkerFailed(
-                f"worker '{self.name}' failed to start (exit code {process.returncode}); "
-                f"last lines of its log:\n{tail}"
-            )
-        self.state = State.up
-        self._monitor = asyncio.create_task(self._watch(process, pump))
+            if hung or attempt == self.startup_attempts:
+                raise WorkerFailed(
+                    f"worker '{self.name}' failed to start (exit code {process.returncode}, "
+                    f"attempt {attempt}); {self._diagnosis()}")
+            log.error("%s: exited with code %s while starting (attempt %d of %d); trying "
+                      "again; %s", self.name, process.returncode, attempt,
+                      self.startup_attempts, self._diagnosis())
+            await asyncio.sleep(self.backoff_initial_s * attempt)
+
+    def _diagnosis(self) -> str:
+        """The first error lines of the worker's log, then its last lines: the root cause of
+        a failed start is usually far above the shutdown noise at the end."""
+        lines = list(self._tail)
+        errors = [line for line in lines if _ERROR_LINE.search(line)][:8]
+        last = lines[-12:]
+        show = [*errors, "...", *last] if errors else last
+        return "its log says:\n" + "\n".join(f"    {line[:300]}" for line in show)
 
     async def _watch(self, process: asyncio.subprocess.Process, pump: asyncio.Task) -> None:
         """Restart the worker with exponential backoff whenever it dies, until stopped."""
