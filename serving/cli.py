@@ -3,11 +3,14 @@
     serving up -c configs/cpu.yaml [-c overlay.yaml] [--host H] [--port P]
     serving models prepare -c configs/cpu.yaml
     serving config check -c configs/cpu.yaml
+    serving usage -c configs/cpu.yaml [--since 24h] [--until T] [--by key,model] [--json]
+    serving keys create --name NAME [--models a,b] [--admin]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -65,6 +68,86 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(text: str) -> float:
+    from serving.ledger import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _by_arg(text: str) -> list[str]:
+    from serving.ledger.store import check_group_fields
+
+    try:
+        return list(check_group_fields([g.strip() for g in text.split(",") if g.strip()]))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from serving.ledger import format_table, ledger_path, query_totals
+    from serving.ledger.report import format_time
+
+    path = ledger_path(_config(args))
+    if not path.exists():
+        print(f"serving: no usage ledger at {path} yet: nothing has been recorded",
+              file=sys.stderr)
+    try:
+        rows = query_totals(path, args.since, args.until, args.by, missing_ok=True)
+    except sqlite3.Error as e:
+        print(f"serving: cannot read the usage ledger {path}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    since = "the start" if args.since is None else format_time(args.since)
+    until = "now" if args.until is None else format_time(args.until)
+    print(f"Usage from {since} to {until} ({path})\n")
+    print(format_table(rows, args.by))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from serving.config import ApiKey
+    from serving.router.auth import generate_key, hash_key
+
+    key = generate_key()
+    entry: dict[str, object] = {"name": args.name, "sha256": hash_key(key)}
+    if args.models is not None:
+        models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+        if not models:
+            print("serving: --models needs at least one model id (omit it to allow all)",
+                  file=sys.stderr)
+            return 2
+        entry["models"] = models
+    if args.admin:
+        entry["admin"] = True
+    try:
+        ApiKey.model_validate(entry)
+    except ValidationError as e:
+        if any(err["loc"][:1] == ("name",) for err in e.errors()):
+            print(f"serving: invalid key name {args.name!r}: use 1 to 64 characters among "
+                  "letters, digits and . _ @ -", file=sys.stderr)
+        else:
+            print(f"serving: invalid key: {e}", file=sys.stderr)
+        return 2
+    # All of it is YAML (the rest are comments), so it can be pasted or piped as it is.
+    print(f"# New API key '{args.name}'. Store it now: it is shown only this once and cannot\n"
+          "# be shown again (the config keeps only its SHA-256):\n"
+          "#\n"
+          f"#     {key}\n"
+          "#\n"
+          "# Paste this entry under `router.api_keys:` in a config file:")
+    print(yaml.safe_dump([entry], sort_keys=False), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serving", description="OpenAI-compatible model serving")
     sub = p.add_subparsers(dest="command", required=True)
@@ -90,6 +173,30 @@ def parser() -> argparse.ArgumentParser:
         dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate and print the merged config")) \
         .set_defaults(func=cmd_check)
+
+    usage = with_config(sub.add_parser("usage", help="usage totals from the ledger"))
+    usage.add_argument("--since", type=_time_arg, metavar="WHEN",
+                       help="from this time on: 90s, 30m, 24h, 7d ago, an ISO date or "
+                       "date-time (UTC unless an offset is given), or unix seconds "
+                       "(default: all recorded)")
+    usage.add_argument("--until", type=_time_arg, metavar="WHEN",
+                       help="before this time, same forms (default: now)")
+    usage.add_argument("--by", type=_by_arg, default=[], metavar="FIELDS",
+                       help="group by these, comma-separated: key, model, endpoint, status "
+                       "(default: grand totals)")
+    usage.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    usage.set_defaults(func=cmd_usage)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True)
+    create = keys.add_parser("create", help="make a new key; print it and its config entry")
+    create.add_argument("--name", required=True,
+                        help="the key's name in logs and the usage ledger")
+    create.add_argument("--models", metavar="IDS",
+                        help="model ids or aliases it may use, comma-separated (default: all)")
+    create.add_argument("--admin", action="store_true",
+                        help="may also read /v1/usage and /metrics")
+    create.set_defaults(func=cmd_keys_create)
     return p
 
 
