@@ -10,9 +10,16 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.config import load_config
+from serving.config import Limits, load_config
 from serving.router.app import create_app
-from serving.router.auth import KeyStore, ensure_generated_key, hash_key, keys_from_env
+from serving.router.auth import (
+    KeyStore,
+    ensure_generated_key,
+    hash_key,
+    keys_from_env,
+    principals,
+)
+from serving.router.metering import Meter
 from serving.router.text.proxy import _relay
 from serving.router.usage import normalize_usage
 
@@ -25,14 +32,15 @@ def router(tmp_path: Path, overlay: str = "") -> TestClient:
               if name != "chat"]
     (tmp_path / "chat-only.yaml").write_text(
         "workers: {" + ", ".join(f"{n}: {{enabled: false}}" for n in others) + "}\n")
-    files = [ROOT / "configs" / "cpu.yaml", tmp_path / "chat-only.yaml"]
+    (tmp_path / "state.yaml").write_text(f"state_dir: {tmp_path / 'state'}\n")
+    files = [ROOT / "configs" / "cpu.yaml", tmp_path / "chat-only.yaml", tmp_path / "state.yaml"]
     if overlay:
         (tmp_path / "overlay.yaml").write_text(overlay)
         files.append(tmp_path / "overlay.yaml")
     config = load_config(files)
     # Port 9 (discard) on loopback: nothing listens, as when a worker has crashed.
     app = create_app(config, {"chat": "http://127.0.0.1:9"},
-                     keys_from_env({"SERVING_API_KEYS": KEY}))
+                     principals(keys_from_env({"SERVING_API_KEYS": KEY}), Limits()))
     return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
 
 
@@ -63,8 +71,12 @@ def test_down_worker_is_503_with_retry_after(tmp_path: Path):
 
 
 def test_key_store_and_generated_key(tmp_path: Path):
-    store = KeyStore(keys_from_env({"SERVING_API_KEYS": "sk-a, sk-b"}))
+    store = KeyStore(principals(
+        keys_from_env({"SERVING_API_KEYS": "sk-a, sk-b", "SERVING_ADMIN_KEYS": "sk-op"}),
+        Limits(requests_per_minute=5)))
     assert store.verify("sk-a").name == "env-1" and store.verify("sk-b").name == "env-2"
+    assert store.verify("sk-a").limits.requests_per_minute == 5
+    assert store.verify("sk-op").admin and not store.verify("sk-a").admin
     assert store.verify("sk-c") is None and store.verify("") is None
     path = tmp_path / "sub" / "api_key"
     key, created = ensure_generated_key(path)
@@ -87,42 +99,70 @@ def test_usage_mapping():
     assert empty["completion_tokens"] == 0 and empty["total_tokens"] == 3
 
 
+# As vLLM streams with continuous usage: running usage in every chunk, the total at the end.
 STREAM = (
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}]}\n\n'
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],'
+    b'"usage":{"prompt_tokens":3,"total_tokens":3,"completion_tokens":0}}\n\n'
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}],'
+    b'"usage":{"prompt_tokens":3,"total_tokens":4,"completion_tokens":1,'
+    b'"completion_tokens_details":null}}\n\n'
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":3,"total_tokens":5,"completion_tokens":2}}\n\n'
     b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
     b'"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0,"created_cache_tokens":0}}}'
     b"\n\ndata: [DONE]\n\n"
 )
+# What the client gets of the content chunks: the same bytes, minus the running usage.
+CHUNKS = [
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}]}',
+    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}',
+]
 
 
-async def relay(pieces: list[bytes], include_usage: bool) -> tuple[bytes, list[dict]]:
+async def relay(pieces: list[bytes], include_usage: bool, stop_after: int | None = None
+                ) -> tuple[bytes, Meter]:
     async def body():
         for piece in pieces:
             yield piece
 
-    seen: list[dict] = []
+    m = Meter(endpoint="/v1/chat/completions")
     response = httpx.Response(200, content=body())
-    out = b"".join([c async for c in _relay(response, include_usage, True, seen.append)])
-    return out, seen
+    out = []
+    stream = _relay(response, include_usage, True, m)
+    async for chunk in stream:
+        out.append(chunk)
+        if stop_after is not None and len(out) == stop_after:
+            await stream.aclose()  # the client went away
+            break
+    return b"".join(out), m
 
 
 @pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_relay_meters_usage_and_passes_the_rest_through(size: int, include_usage: bool):
     pieces = [STREAM[i:i + size] for i in range(0, len(STREAM), size)]
-    out, seen = asyncio.run(relay(pieces, include_usage))
-    assert len(seen) == 1 and seen[0]["total_tokens"] == 5
+    out, m = asyncio.run(relay(pieces, include_usage))
+    assert m.usage["total_tokens"] == 5 and not m.incomplete
+    assert m.first_token_at is not None
     events = out.split(b"\n\n")
-    assert events[:2] == STREAM.split(b"\n\n")[:2]  # content chunks byte for byte
+    assert events[:3] == CHUNKS  # content chunks byte for byte, running usage cut out
     assert out.endswith(b"data: [DONE]\n\n")
-    usage_events = [e for e in events if b'"choices":[]' in e]
+    usage_events = [e for e in events if b'"usage"' in e and b'"choices":[]' in e]
     if include_usage:
         (event,) = usage_events
         usage = json.loads(event.removeprefix(b"data: "))["usage"]
         assert usage["cache_read_input_tokens"] == 0 and "cache_creation_input_tokens" in usage
     else:
         assert usage_events == []
+
+
+def test_relay_meters_a_dropped_stream_to_the_token():
+    pieces = [e + b"\n\n" for e in STREAM.split(b"\n\n") if e]
+    out, m = asyncio.run(relay(pieces, include_usage=False, stop_after=2))
+    assert out.split(b"\n\n")[:2] == CHUNKS[:2]
+    assert m.incomplete
+    assert (m.usage["prompt_tokens"], m.usage["completion_tokens"]) == (3, 1)
 
 
 def test_body_limit_is_a_413_envelope(tmp_path: Path):

@@ -1,7 +1,7 @@
 """Typed configuration: the model catalog (`models/`) and deployments (`configs/`)."""
 
 from serving.config.catalog import Capability, Modality, ModelEntry
-from serving.config.deployment import ApiKey, Config, RouterConfig, WorkerConfig
+from serving.config.deployment import ApiKey, Config, Limits, RouterConfig, WorkerConfig
 from serving.config.engines import VllmArgs
 from serving.config.loader import ConfigError, load_catalog, load_config
 
@@ -10,6 +10,7 @@ __all__ = [
     "Capability",
     "Config",
     "ConfigError",
+    "Limits",
     "Modality",
     "ModelEntry",
     "RouterConfig",

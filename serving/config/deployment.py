@@ -10,17 +10,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from serving.config.catalog import ModelEntry, Strict
 from serving.config.engines import DiffusersArgs, TtsArgs, VllmArgs, WhisperArgs
 
 
-class ApiKey(Strict):
-    """A key as stored in config: a name for logs and the ledger, and the key's SHA-256 only."""
+class Limits(Strict):
+    """Per-key rate limits, each a token bucket refilled over a minute (unset: unlimited)."""
 
-    name: str = Field(min_length=1, max_length=64)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1,
+        description="Prompt plus max_tokens, reserved on admission and settled against the "
+        "actual usage afterwards.")
+
+
+class ApiKey(Strict):
+    """A key as stored in config: never in clear. Either its SHA-256, or the name of an
+    environment variable that holds the key itself (for secrets managers)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                            description="Environment variable holding the key.")
+    models: list[str] | None = Field(
+        default=None, description="Model ids or aliases this key may use; unset: all.")
+    limits: Limits | None = Field(default=None,
+                                  description="Unset: the router's default_limits.")
+    admin: bool = Field(default=False, description="May read /v1/usage and /metrics.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("a key needs exactly one of `sha256` or `env`")
+        return self
 
 
 class Timeouts(Strict):
@@ -58,6 +82,21 @@ class RouterConfig(Strict):
                                 description="Largest request body (transcription uploads have "
                                 "their own limit, from the model's catalog entry).")
     videos: VideoJobs = Field(default_factory=VideoJobs)
+    default_limits: Limits = Field(
+        default_factory=Limits,
+        description="Limits of keys that set none, including those from SERVING_API_KEYS.")
+    rate_limit_store: str = Field(
+        default="memory", pattern=r"^(memory|rediss?://.+)$",
+        description="`memory` (one router process) or a redis:// URL shared by replicas.")
+    usage_db: Path | None = Field(
+        default=None, description="The usage ledger (SQLite); default state_dir/usage.db.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Also serve /metrics without a key on this port (bound to `host`); "
+        "on the API port it needs an admin key.")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0,
+        description="On SIGTERM, requests in flight get this long to finish.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -73,6 +112,10 @@ class WorkerConfig(Strict):
     gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=900.0, gt=0)
+    max_in_flight: int = Field(
+        default=256, ge=1,
+        description="Requests in flight to this worker's model; past it the router answers "
+        "503 with Retry-After at once instead of queueing without bound.")
 
     # Filled in by the loader from the catalog.
     entry: ModelEntry | None = Field(default=None, exclude=True)

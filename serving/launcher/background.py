@@ -25,6 +25,7 @@ class BackgroundStack:
     base_url: str
     key: str
     other_key: str  # a second valid key, to check that keys cannot see each other's things
+    admin_key: str  # may read /v1/usage and /metrics
     runtime: dict
     log: Path
 
@@ -61,6 +62,7 @@ def start_background_stack(
     the same client); logs go to workdir/stack.log."""
     key = key or "sk-bg-" + secrets.token_hex(16)
     other_key = "sk-bg-" + secrets.token_hex(16)
+    admin_key = "sk-bg-admin-" + secrets.token_hex(16)
     runtime_file = workdir / "runtime.json"
     runtime_file.unlink(missing_ok=True)
     log = workdir / "stack.log"
@@ -68,7 +70,10 @@ def start_background_stack(
            "--runtime-file", str(runtime_file)]
     for config in configs:
         cmd += ["-c", str(config)]
-    full_env = {**os.environ, **(env or {}), "SERVING_API_KEYS": f"{key},{other_key}"}
+    # Router state (video jobs, the usage ledger) in the work folder, not the user's home.
+    full_env = {**os.environ, "SERVING_API_KEYS": f"{key},{other_key}",
+                "SERVING_ADMIN_KEYS": admin_key, "SERVING_STATE_DIR": str(workdir / "state"),
+                **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
@@ -79,4 +84,4 @@ def start_background_stack(
                                + log.read_text(errors="replace")[-4000:])
         time.sleep(0.5)
     runtime = json.loads(runtime_file.read_text())
-    return BackgroundStack(process, runtime["router"], key, other_key, runtime, log)
+    return BackgroundStack(process, runtime["router"], key, other_key, admin_key, runtime, log)

@@ -16,12 +16,19 @@ from pathlib import Path
 
 import uvicorn
 
-from serving.config import ApiKey, Config
+from serving.config import Config
 from serving.launcher.media import media_worker
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
+from serving.router.admin import metrics_only_app
 from serving.router.app import create_app
-from serving.router.auth import configured_keys, ensure_generated_key
+from serving.router.auth import (
+    Principal,
+    UnresolvedKey,
+    configured_keys,
+    ensure_generated_key,
+    principals,
+)
 from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
@@ -39,18 +46,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def resolve_keys(config: Config) -> list[ApiKey]:
+def resolve_keys(config: Config) -> list[Principal]:
     """Configured keys, or a generated one kept in a file only the user can read."""
     keys = configured_keys(config.router)
-    if keys:
-        return keys
-    key, created = ensure_generated_key(config.router.generated_key_file)
-    print(
-        f"serving: no API key configured; {'generated' if created else 'using'} the key in "
-        f"{config.router.generated_key_file} (readable only by you)",
-        flush=True,
-    )
-    return [key]
+    if not keys:
+        key, created = ensure_generated_key(config.router.generated_key_file)
+        print(
+            f"serving: no API key configured; {'generated' if created else 'using'} the key "
+            f"in {config.router.generated_key_file} (readable only by you)",
+            flush=True,
+        )
+        keys = [key]
+    return principals(keys, config.router.default_limits)
 
 
 def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpec]:
@@ -65,7 +72,7 @@ def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpe
 async def run_stack(
     config: Config,
     model_paths: dict[str, Path],
-    keys: list[ApiKey],
+    keys: list[Principal],
     host: str,
     port: int,
     runtime_file: Path | None = None,
@@ -106,11 +113,20 @@ async def run_stack(
         app = create_app(config, {s.name: s.spec.url for s in supervisors}, keys)
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False,
-            timeout_graceful_shutdown=10, server_header=False,
+            timeout_graceful_shutdown=config.router.shutdown_grace_s, server_header=False,
         ))
+        # Started first so the API server's signal handling is outermost: a SIGTERM drains the
+        # API, then stops the metrics port (uvicorn hands the signal on when it returns).
+        metrics = None if config.router.metrics_port is None else uvicorn.Server(uvicorn.Config(
+            metrics_only_app(app), host=host, port=config.router.metrics_port, log_config=None,
+            access_log=False, server_header=False))
+        metrics_task = metrics and asyncio.create_task(metrics.serve())
         announce = asyncio.create_task(_announce(server, supervisors, host, runtime_file))
         await server.serve()
         announce.cancel()
+        if metrics is not None and metrics_task is not None:
+            metrics.should_exit = True
+            await metrics_task
         return 0 if server.started else 1
     except asyncio.CancelledError:
         return 130
@@ -147,7 +163,11 @@ async def _announce(
 
 
 def run(config: Config, host: str, port: int, runtime_file: Path | None = None) -> int:
-    keys = resolve_keys(config)
+    try:
+        keys = resolve_keys(config)
+    except UnresolvedKey as e:
+        log.error("%s", e)
+        return 2
     # Before the loop starts, SIGTERM interrupts like Ctrl-C so a conversion child is killed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

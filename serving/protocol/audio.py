@@ -15,6 +15,10 @@ from serving.config.catalog import SpeechOptions, TranscriptionOptions
 from serving.errors import OpenAIError, invalid_request
 from serving.media.audio import FORMATS, AudioFormat
 
+# The transcription worker tells the router how long the upload was (for the usage ledger)
+# without the router decoding it, whatever the response format.
+AUDIO_SECONDS_HEADER = "X-Audio-Seconds"
+
 # --- speech ----------------------------------------------------------------------------------
 
 

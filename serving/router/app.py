@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from serving.config import ApiKey, Config, Modality
+from serving.config import Config, Modality
 from serving.errors import install_error_handlers
-from serving.router import health, models, unsupported
+from serving.ledger import Ledger, ledger_path
+from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
-from serving.router.auth import AuthMiddleware, KeyStore
+from serving.router.auth import AuthMiddleware, KeyStore, Principal
 from serving.router.images import routes as image_routes
 from serving.router.limits import BodyLimitMiddleware
+from serving.router.metering import Metering, MeteringMiddleware
+from serving.router.metrics import RouterMetrics
+from serving.router.ratelimit import RateLimiter
 from serving.router.registry import Registry, Served
 from serving.router.request_context import RequestContextMiddleware
 from serving.router.text import routes as text_routes
@@ -23,7 +28,7 @@ from serving.router.videos.service import VideoService
 from serving.router.workers import Worker
 
 
-def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) -> FastAPI:
+def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal]) -> FastAPI:
     """`worker_urls` maps each worker name in `config.workers` to where it listens."""
     router_config = config.router
     workers = {
@@ -40,6 +45,10 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
     video_models = [s for s in registry.served if s.entry.modality == Modality.video]
     videos = (VideoService(config.state_dir, router_config.videos, video_models)
               if video_models else None)
+    metering = Metering(
+        RateLimiter.from_config(router_config), Ledger(ledger_path(config)), RouterMetrics(),
+        {name: w.max_in_flight for name, w in config.workers.items()},
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -50,6 +59,8 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
             await videos.stop()
         for worker in workers.values():
             await worker.aclose()
+        await metering.limiter.aclose()
+        await asyncio.to_thread(metering.ledger.close)
 
     app = FastAPI(
         title="serving",
@@ -63,6 +74,9 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
     app.state.registry = registry
     app.state.workers = workers
     app.state.videos = videos
+    app.state.metering = metering
+    app.state.vllm_workers = {name for name, w in config.workers.items()
+                              if w.entry is not None and w.entry.engine == "vllm"}
     app.state.created = int(time.time())
 
     install_error_handlers(app)
@@ -72,12 +86,15 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[ApiKey]) 
     app.include_router(image_routes.router)
     app.include_router(video_routes.router)
     app.include_router(audio_routes.router)
+    app.include_router(admin.router)
     app.include_router(unsupported.router)
 
     # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,
-    # so CORS preflights (which carry no key) are answered before auth sees them.
+    # so CORS preflights (which carry no key) are answered before auth sees them; metering
+    # sees every request auth let through, to its last byte.
     app.add_middleware(BodyLimitMiddleware, max_bytes=router_config.max_body_bytes,
                        exempt=("/v1/audio/transcriptions",))
+    app.add_middleware(MeteringMiddleware, metering=metering)
     app.add_middleware(AuthMiddleware, keys=KeyStore(keys))
     if router_config.cors_origins:
         app.add_middleware(

@@ -1,8 +1,10 @@
 """Bearer keys: `Authorization: Bearer <key>` only, checked against SHA-256 hashes.
 
-Keys are never stored or logged in clear; the config holds hashes, keys from the
-`SERVING_API_KEYS` environment variable are hashed as they are read. If no key is configured
-at all, the launcher generates one into a file only the user can read.
+Keys are never stored or logged in clear: the config holds hashes (or names the environment
+variable that holds a key), and keys from `SERVING_API_KEYS` / `SERVING_ADMIN_KEYS` are hashed
+as they are read. If no key is configured at all, the launcher generates one into a file only
+the user can read. Each key carries what it may do: which models, its rate limits, and
+whether it may read usage and metrics.
 """
 
 from __future__ import annotations
@@ -11,14 +13,35 @@ import hashlib
 import hmac
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.config import ApiKey, RouterConfig
+from serving.config import ApiKey, Limits, RouterConfig
 from serving.errors import OpenAIError
 
 ENV_KEYS = "SERVING_API_KEYS"
+ENV_ADMIN_KEYS = "SERVING_ADMIN_KEYS"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified key as the router uses it: the hash identifies the owner of resources
+    (video jobs), the name goes to logs and the ledger."""
+
+    name: str
+    sha256: str
+    limits: Limits
+    models: frozenset[str] | None = None
+    admin: bool = False
+
+    def may_use(self, *names: str) -> bool:
+        return self.models is None or not self.models.isdisjoint(names)
+
+
+class UnresolvedKey(ValueError):
+    """A configured key that cannot be used (its environment variable is unset)."""
 
 
 def hash_key(key: str) -> str:
@@ -30,9 +53,15 @@ def generate_key() -> str:
 
 
 def keys_from_env(environ: dict[str, str] | None = None) -> list[ApiKey]:
-    raw = (environ if environ is not None else os.environ).get(ENV_KEYS, "")
-    keys = [k.strip() for k in raw.split(",") if k.strip()]
-    return [ApiKey(name=f"env-{i}", sha256=hash_key(k)) for i, k in enumerate(keys, 1)]
+    """Comma-separated keys from SERVING_API_KEYS (named env-N) and SERVING_ADMIN_KEYS
+    (admin-N, which may also read usage and metrics)."""
+    environ = environ if environ is not None else os.environ
+    out = []
+    for var, prefix, admin in ((ENV_KEYS, "env", False), (ENV_ADMIN_KEYS, "admin", True)):
+        keys = [k.strip() for k in environ.get(var, "").split(",") if k.strip()]
+        out += [ApiKey(name=f"{prefix}-{i}", sha256=hash_key(k), admin=admin)
+                for i, k in enumerate(keys, 1)]
+    return out
 
 
 def ensure_generated_key(path: Path) -> tuple[ApiKey, bool]:
@@ -46,18 +75,40 @@ def ensure_generated_key(path: Path) -> tuple[ApiKey, bool]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-    return ApiKey(name="generated", sha256=hash_key(key)), created
+    # The only key of a stack nobody configured belongs to its operator.
+    return ApiKey(name="generated", sha256=hash_key(key), admin=True), created
 
 
 def configured_keys(router: RouterConfig) -> list[ApiKey]:
     return [*router.api_keys, *keys_from_env()]
 
 
+def principals(keys: list[ApiKey], default_limits: Limits,
+               environ: dict[str, str] | None = None) -> list[Principal]:
+    """Resolve configured keys: hash the ones given by environment variable, apply defaults."""
+    environ = environ if environ is not None else os.environ
+    out = []
+    for i, key in enumerate(keys):
+        digest = key.sha256
+        if digest is None:
+            assert key.env is not None
+            value = environ.get(key.env, "").strip()
+            if not value:
+                raise UnresolvedKey(f"router.api_keys[{i}] ({key.name}): environment variable "
+                                f"{key.env} is not set")
+            digest = hash_key(value)
+        out.append(Principal(
+            name=key.name, sha256=digest, limits=key.limits or default_limits,
+            models=frozenset(key.models) if key.models is not None else None, admin=key.admin,
+        ))
+    return out
+
+
 class KeyStore:
-    def __init__(self, keys: list[ApiKey]):
+    def __init__(self, keys: list[Principal]):
         self._keys = [(bytes.fromhex(k.sha256), k) for k in keys]
 
-    def verify(self, token: str) -> ApiKey | None:
+    def verify(self, token: str) -> Principal | None:
         """The matching key, or None. Every stored hash is compared, in constant time."""
         digest = hashlib.sha256(token.encode()).digest()
         found = None
@@ -67,19 +118,28 @@ class KeyStore:
         return found
 
 
+def require_admin(state) -> None:
+    """Usage and metrics are for operators: other keys get OpenAI's 403."""
+    key = getattr(state, "key", None)
+    if key is None or not key.admin:
+        raise OpenAIError(403, "This endpoint needs an admin key.", type="invalid_request_error",
+                          code="insufficient_permissions")
+
+
 def _unauthorized(message: str) -> OpenAIError:
     return OpenAIError(401, message, type="invalid_request_error", code="invalid_api_key")
 
 
 class AuthMiddleware:
-    """Guards every /v1/ path; /health, /ready and /openapi.json stay open."""
+    """Guards every /v1/ path and /metrics; /health, /ready and /openapi.json stay open."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore):
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
             return await self.app(scope, receive, send)
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None:
@@ -94,6 +154,7 @@ class AuthMiddleware:
                 state = scope.setdefault("state", {})
                 # The name is for logs and the ledger; the hash identifies the owner of
                 # resources such as video jobs, whatever the key is named.
+                state["key"] = key
                 state["key_name"], state["key_id"] = key.name, key.sha256
                 return await self.app(scope, receive, send)
             error = _unauthorized(

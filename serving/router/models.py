@@ -1,5 +1,7 @@
 """GET /v1/models (chat/text models, as OpenAI Model objects) and GET /v1/catalog (everything).
 
+Both list only what the caller's key may use.
+
 Media models (images, video, speech, transcription) are not OpenAI "models" a client can chat
 with, so they are listed only in the catalog, with what a client needs to call them.
 """
@@ -54,7 +56,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.created
     data = [
         _model_object(s.entry, created)
-        for s in _registry(request).served
+        for s in _registry(request).visible(request.state.key)
         if s.entry.modality == Modality.chat
     ]
     return {"object": "list", "data": data}
@@ -63,7 +65,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model_id}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     served = _registry(request).get(model_id)
-    if served is None or served.entry.modality != Modality.chat:
+    if (served is None or served.entry.modality != Modality.chat
+            or not request.state.key.may_use(*served.entry.names())):
         raise model_not_found(model_id)
     return _model_object(served.entry, request.app.state.created)
 
@@ -71,5 +74,5 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/catalog")
 async def catalog(request: Request) -> dict[str, Any]:
     created = request.app.state.created
-    data = [_catalog_object(s, created) for s in _registry(request).served]
+    data = [_catalog_object(s, created) for s in _registry(request).visible(request.state.key)]
     return {"object": "list", "data": data}

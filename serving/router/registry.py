@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from serving.config import Modality, ModelEntry
 from serving.errors import OpenAIError, model_not_found
+from serving.router.auth import Principal
 from serving.router.workers import Worker
 
 
@@ -24,20 +25,27 @@ class Registry:
     def get(self, name: str) -> Served | None:
         return self._by_name.get(name)
 
-    def resolve(self, name: str | None, modality: Modality, endpoint: str) -> Served:
+    def visible(self, key: Principal | None) -> list[Served]:
+        """The models a key may use (all of them without a key, as for the launcher)."""
+        return [s for s in self.served if key is None or key.may_use(*s.entry.names())]
+
+    def resolve(self, name: str | None, modality: Modality, endpoint: str,
+                key: Principal | None = None) -> Served:
         """The model a request names, or the 404/400 OpenAI gives for a wrong one.
 
-        Endpoints where OpenAI's `model` is optional (images, videos) get the first configured
-        model of their modality when none is named.
+        A model the key may not use is a 404 like one that does not exist, as OpenAI answers
+        ("does not exist or you do not have access to it"). Endpoints where OpenAI's `model`
+        is optional (images, videos) get the first configured model of their modality that
+        the key may use when none is named.
         """
         if name is None:
-            served = next((s for s in self.served if s.entry.modality == modality), None)
+            served = next((s for s in self.visible(key) if s.entry.modality == modality), None)
             if served is None:
                 raise OpenAIError(404, f"No {modality.value} model is configured.",
                                   param="model", code="model_not_found")
             return served
         served = self._by_name.get(name)
-        if served is None:
+        if served is None or (key is not None and not key.may_use(*served.entry.names())):
             raise model_not_found(name)
         if served.entry.modality != modality:
             raise OpenAIError(

@@ -16,12 +16,14 @@ from starlette.responses import Response, StreamingResponse
 from serving.config import Modality
 from serving.errors import OpenAIError, invalid_request
 from serving.protocol.audio import (
+    AUDIO_SECONDS_HEADER,
     SpeechRequest,
     check_audio_file,
     resolve_speech_request,
     resolve_transcription,
     transcription_fields,
 )
+from serving.router.metering import meter
 from serving.router.registry import Served
 from serving.router.request_context import worker_request_id
 from serving.router.workers import upstream_error
@@ -40,6 +42,8 @@ async def _relay(request: Request, served: Served, path: str, **send) -> Respons
         await response.aread()
         await response.aclose()
         raise upstream_error(response)
+    m = meter(request)
+    m.audio_seconds = float(response.headers.get(AUDIO_SECONDS_HEADER) or 0)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -54,12 +58,13 @@ async def _relay(request: Request, served: Served, path: str, **send) -> Respons
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     served = request.app.state.registry.resolve(body.model, Modality.speech,
-                                                "/v1/audio/speech")
+                                                "/v1/audio/speech", request.state.key)
     assert served.entry.speech is not None
     resolve_speech_request(body, served.entry.speech)
+    await request.app.state.metering.admit(request, served)
+    meter(request).characters = len(body.input)
     upstream = body.model_dump(exclude_none=True)
     upstream["model"] = served.entry.id
-    request.state.usage = {"input_characters": len(body.input)}
     return await _relay(request, served, "/v1/audio/speech", body=upstream)
 
 
@@ -101,12 +106,13 @@ async def create_transcription(request: Request) -> Response:
     try:
         fields = transcription_fields(form)
         served = registry.resolve(fields.model, Modality.transcription,
-                                  "/v1/audio/transcriptions")
+                                  "/v1/audio/transcriptions", request.state.key)
         options = served.entry.transcription
         check_audio_file(form, options)
         resolve_transcription(fields, options)
     finally:
         await form.close()
+    await request.app.state.metering.admit(request, served)
     # The worker gets the upload as it came; it knows its model by any of its names.
     return await _relay(request, served, "/v1/audio/transcriptions", content=raw,
                         content_type=content_type)

@@ -2,16 +2,18 @@
 
 The router's hot path. Non-streamed answers are parsed once to clean them up (usage, fields the
 spec does not allow as null, vLLM-only fields). Streamed answers are relayed event by event as
-they arrive and are not parsed, except for the single usage event at the end: the router
-always asks vLLM for it (so every request can be metered) and only passes it on when the
-client asked for `stream_options.include_usage`.
+they arrive and are not parsed: the router asks vLLM for usage on every chunk (so a stream the
+client drops is metered to the token), cuts it out of each chunk by its bytes, and parses only
+the closing usage event, which it passes on when the client asked for
+`stream_options.include_usage`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,16 +21,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving.cancel import ClientDisconnected, unless_disconnected
+from serving.router.metering import CLIENT_CLOSED, Meter, meter
 from serving.router.usage import normalize_usage
 from serving.router.workers import Worker, upstream_error
 
 log = logging.getLogger("serving.router")
 
-UsageSink = Callable[[dict[str, Any]], None]
-
-# vLLM serialises compactly, and inside a JSON string a quote is always escaped, so this
-# byte string appears in a chunk only where the chunk carries a usage object.
-_USAGE_MARK = b'"usage":{'
+# vLLM serialises compactly, and inside a JSON string a quote is always escaped, so these
+# byte strings appear in a chunk only as its own fields: a usage object, and the empty choices
+# of the closing usage-only event.
+_USAGE_MARK = b',"usage":{'
+_FINAL = b'"choices":[]'
+_NO_TOKENS = re.compile(rb'"completion_tokens":0[,}]')
 # vLLM-only fields that are not part of OpenAI's response shapes.
 _VLLM_ONLY = frozenset({
     "system_fingerprint", "stop_reason", "token_ids", "prompt_token_ids", "prompt_text",
@@ -59,74 +63,101 @@ async def forward(
     headers: dict[str, str],
     *,
     caching: bool,
-    on_usage: UsageSink,
 ) -> Response:
+    m = meter(request)
     if not body.get("stream"):
         try:
             # A client that leaves aborts the generation: closing the upstream connection
             # makes vLLM abort the request. (A stream is cancelled the same way, by Starlette.)
             response = await unless_disconnected(request, worker.send(path, body, headers))
         except ClientDisconnected:
-            return Response(status_code=499)
+            return Response(status_code=CLIENT_CLOSED)
         if response.status_code != 200:
             raise upstream_error(response)
         data = clean(response.json())
-        data["usage"] = normalize_usage(data.get("usage"), caching=caching)
-        on_usage(data["usage"])
+        data["usage"] = m.usage = normalize_usage(data.get("usage"), caching=caching)
         return JSONResponse(data)
 
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    body["stream_options"] = {"include_usage": True}
+    # Usage on every chunk, so a stream the client drops is still metered to the token; the
+    # relay takes it out of each chunk again.
+    body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     response = await worker.send(path, body, headers, stream=True)
     if response.status_code != 200:
         await response.aread()
         await response.aclose()
         raise upstream_error(response)
     return StreamingResponse(
-        _relay(response, include_usage, caching, on_usage),
+        _relay(response, include_usage, caching, m),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _usage_event(event: bytes, include_usage: bool, caching: bool, on_usage: UsageSink) -> bytes:
-    """Meter the usage event; rewrite it for the client, or drop it if they did not ask."""
-    try:
-        chunk = json.loads(event.removeprefix(b"data: "))
-    except ValueError:
-        return event  # not the usage event after all; pass it on untouched
-    chunk["usage"] = normalize_usage(chunk.get("usage"), caching=caching)
-    on_usage(chunk["usage"])
+def _usage_span(event: bytes) -> tuple[int, int] | None:
+    """Where `,"usage":{...}` sits in a compact chunk: found by bytes, never parsed."""
+    start = event.find(_USAGE_MARK)
+    if start < 0:
+        return None
+    depth, i = 0, start + len(_USAGE_MARK) - 1
+    while i < len(event):  # the usage object holds numbers and objects only, no strings
+        c = event[i]
+        depth += (c == 0x7B) - (c == 0x7D)  # { and }
+        i += 1
+        if depth == 0:
+            return start, i
+    return None
+
+
+def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> bytes:
+    """The closing usage-only event: meter it; rewrite it for the client, or drop it."""
+    chunk = json.loads(event.removeprefix(b"data: "))
+    chunk["usage"] = m.usage = normalize_usage(chunk.get("usage"), caching=caching)
     if not include_usage:
         return b""
     chunk.pop("system_fingerprint", None)
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode()
 
 
 async def _relay(
-    response: httpx.Response, include_usage: bool, caching: bool, on_usage: UsageSink
+    response: httpx.Response, include_usage: bool, caching: bool, m: Meter
 ) -> AsyncIterator[bytes]:
     pending = b""
+    last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
+    finished = False
     try:
         async for data in response.aiter_raw():
             pending = pending + data if pending else data
             end = pending.rfind(b"\n\n")
             if end < 0:
                 continue  # an event split across reads; wait for its end
-            out, pending = pending[: end + 2], pending[end + 2 :]
-            if _USAGE_MARK in out:
-                out = b"".join(
-                    _usage_event(e + b"\n\n", include_usage, caching, on_usage)
-                    if _USAGE_MARK in e else e + b"\n\n"
-                    for e in out[:-2].split(b"\n\n")
-                )
+            events, pending = pending[:end].split(b"\n\n"), pending[end + 2 :]
+            out = []
+            for event in events:
+                span = _usage_span(event)
+                if span is None:
+                    out.append(event)
+                elif _FINAL in event:
+                    finished = True
+                    if final := _final_usage(event, include_usage, caching, m):
+                        out.append(final)
+                else:
+                    last_usage = event[span[0] + len(_USAGE_MARK) - 1 : span[1]]
+                    if m.first_token_at is None and not _NO_TOKENS.search(last_usage):
+                        m.first_token()
+                    out.append(event[: span[0]] + event[span[1] :])
             if out:
-                yield out
+                yield b"\n\n".join(out) + b"\n\n"
     except httpx.TransportError as e:
         # Headers are sent; the best left is to end the stream with an error event.
         log.warning("worker stream broke: %s", e)
+        m.status_override = 502
         err = {"error": {"message": "The model worker stopped mid-stream.",
                          "type": "server_error", "param": None, "code": "worker_unavailable"}}
         yield b"data: " + json.dumps(err).encode() + b"\n\n"
     finally:
+        if not finished:
+            m.incomplete = True
+            if last_usage:
+                m.usage = normalize_usage(json.loads(last_usage), caching=caching)
         await response.aclose()

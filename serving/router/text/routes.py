@@ -7,6 +7,7 @@ structured output.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,12 +32,21 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def _forward(request: Request, served: Served, path: str, body: dict[str, Any]) -> Response:
+def _token_budget(served: Served, body: dict[str, Any], prompt: Any) -> int:
+    """What the rate limiter reserves: the prompt (estimated from its size, about four bytes a
+    token, before any tokenizer runs) plus the most the answer may use. Settled against the
+    real usage when the request ends."""
+    estimate = len(json.dumps(prompt, separators=(",", ":"))) // 4 + 1
+    most = body.get("max_completion_tokens") or body.get("max_tokens")
+    if most is None:
+        most = max((served.context_length or 0) - estimate, 0)
+    return estimate + int(most)
+
+
+async def _forward(request: Request, served: Served, path: str, body: dict[str, Any],
+                   prompt: Any) -> Response:
+    await request.app.state.metering.admit(request, served, _token_budget(served, body, prompt))
     body["model"] = served.entry.id
-
-    def on_usage(usage: dict[str, Any]) -> None:
-        request.state.usage = usage
-
     return await forward(
         request,
         served.worker,
@@ -44,13 +54,13 @@ async def _forward(request: Request, served: Served, path: str, body: dict[str, 
         body,
         {"X-Request-Id": worker_request_id(request.scope)},
         caching="prefix_caching" in served.entry.capabilities,
-        on_usage=on_usage,
     )
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    served = _registry(request).resolve(body.model, Modality.chat, "/v1/chat/completions")
+    served = _registry(request).resolve(body.model, Modality.chat, "/v1/chat/completions",
+                                        request.state.key)
     capabilities = served.entry.capabilities
     if body.tools and "tool_use" not in capabilities:
         raise invalid_request(
@@ -74,11 +84,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         "json_schema" not in capabilities or "schema" not in response_format["json_schema"]
     ):
         upstream["response_format"] = {"type": "json_object"}
-    return await _forward(request, served, "/v1/chat/completions", upstream)
+    return await _forward(request, served, "/v1/chat/completions", upstream,
+                          [upstream["messages"], upstream.get("tools")])
 
 
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    served = _registry(request).resolve(body.model, Modality.chat, "/v1/completions")
+    served = _registry(request).resolve(body.model, Modality.chat, "/v1/completions",
+                                        request.state.key)
     upstream = body.model_dump(exclude_none=True, exclude=COMPLETION_IGNORED)
-    return await _forward(request, served, "/v1/completions", upstream)
+    return await _forward(request, served, "/v1/completions", upstream, upstream.get("prompt"))

@@ -21,6 +21,7 @@ from serving.config import Modality
 from serving.errors import OpenAIError, invalid_request
 from serving.protocol.images import random_seed
 from serving.protocol.videos import VideoCreateRequest, resolve_video_request
+from serving.router.metering import meter
 from serving.router.videos.store import ID_PATTERN, Job, JobStore
 
 router = APIRouter()
@@ -81,9 +82,11 @@ async def _body(request: Request) -> VideoCreateRequest:
 async def create_video(request: Request) -> dict[str, Any]:
     body = await _body(request)
     videos = request.app.state.videos
-    served = request.app.state.registry.resolve(body.model, Modality.video, "/v1/videos")
+    served = request.app.state.registry.resolve(body.model, Modality.video, "/v1/videos",
+                                                request.state.key)
     assert served.entry.video is not None
     params = resolve_video_request(body, served.entry.video, random_seed())
+    await request.app.state.metering.admit(request, served)
     store: JobStore = videos.store
     owner = _owner(request)
     limit = videos.config.max_queued_per_key
@@ -94,6 +97,7 @@ async def create_video(request: Request) -> dict[str, Any]:
     job = await asyncio.to_thread(store.create, owner, served.entry.id,
                                   f"{params.width}x{params.height}", str(params.seconds), params)
     videos.dispatchers[served.entry.id].wake()
+    meter(request).video_seconds = float(params.seconds)
     return job.resource()
 
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from serving.cancel import ClientDisconnected, unless_disconnected
 from serving.protocol.audio import (
+    AUDIO_SECONDS_HEADER,
     TranscriptionParams,
     check_audio_file,
     resolve_transcription,
@@ -21,6 +22,7 @@ from serving.protocol.audio import (
 from serving.workers.app import check_model, worker_app
 from serving.workers.spec import MediaWorkerSpec
 from serving.workers.transcription.engine import (
+    SAMPLE_RATE,
     Transcriber,
     Transcript,
     decode,
@@ -70,17 +72,20 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
         upload = check_audio_file(form, options)
         params = resolve_transcription(fields, options)
         audio = await asyncio.to_thread(decode, await upload.read())
+        seconds = {AUDIO_SECONDS_HEADER: f"{len(audio) / SAMPLE_RATE:.3f}"}
         engine: Transcriber = state["engine"]
         if params.stream:
             return StreamingResponse(_stream(engine, state["slots"], audio, params),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers=seconds)
         async with state["slots"]:
             try:
                 transcript = await unless_disconnected(
                     request, asyncio.to_thread(_run, engine.transcribe(audio, params)))
             except ClientDisconnected:
                 return Response(status_code=499)
-        return _respond(transcript, params)
+        response = _respond(transcript, params)
+        response.headers.update(seconds)
+        return response
 
     return app
 

@@ -1,0 +1,199 @@
+"""Admission and metering, the same for every endpoint.
+
+A route calls `admit` once it knows the model and what the request may cost: the model's cap
+on requests in flight (503 at once past it, never an unbounded queue) and the key's rate limits
+(429) are checked there. `MeteringMiddleware` sees every authenticated request through to its
+last byte, a streamed one included, and then settles the reserved tokens against the actual
+usage, frees the in-flight slot, appends the ledger record and counts the metrics. Routes only
+fill in the request's `Meter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import OpenAIError
+from serving.ledger import Ledger, UsageRecord
+from serving.router.auth import Principal
+from serving.router.metrics import RouterMetrics
+from serving.router.ratelimit import RateLimiter
+from serving.router.registry import Served
+
+log = logging.getLogger("serving.router")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer was complete
+OVERLOAD_RETRY_AFTER_S = 1
+
+
+@dataclass
+class Meter:
+    """What one request used, filled in by its route and read when it ends."""
+
+    endpoint: str
+    start: float = field(default_factory=time.perf_counter)
+    model: str = "-"
+    usage: dict[str, Any] = field(default_factory=dict)  # as the client sees it (normalised)
+    images: int = 0
+    characters: int = 0
+    audio_seconds: float = 0.0
+    video_seconds: float = 0.0
+    reserved_tokens: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
+    first_token_at: float | None = None
+    # A streamed answer that ends before its last event: the client left (or the worker did).
+    incomplete: bool = False
+    status_override: int | None = None
+    _served: Served | None = None
+    _key: Principal | None = None
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+
+def meter(request: Request) -> Meter:
+    return request.scope["state"]["meter"]
+
+
+class InFlight:
+    """Requests in flight per model; a plain counter, as the event loop is single-threaded."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def try_acquire(self, model: str, cap: int) -> bool:
+        n = self.counts.get(model, 0)
+        if n >= cap:
+            return False
+        self.counts[model] = n + 1
+        return True
+
+    def release(self, model: str) -> None:
+        self.counts[model] -= 1
+
+
+class Metering:
+    def __init__(self, limiter: RateLimiter, ledger: Ledger, metrics: RouterMetrics,
+                 caps: dict[str, int]):
+        self.limiter = limiter
+        self.ledger = ledger
+        self.metrics = metrics
+        self.caps = caps  # worker name -> max requests in flight
+        self.in_flight = InFlight()
+
+    async def admit(self, request: Request, served: Served, tokens: int = 0) -> None:
+        """Let the request in, or raise the 503 (model at capacity) or 429 (rate limit)."""
+        m = meter(request)
+        key: Principal = request.state.key
+        m.endpoint = _endpoint(request.scope)
+        m.model = served.entry.id
+        name = served.worker.name
+        if not self.in_flight.try_acquire(name, self.caps.get(name, math.inf)):
+            self.metrics.overloaded.labels(m.model).inc()
+            raise OpenAIError(
+                503, f"The model `{m.model}` is at capacity; retry shortly.",
+                type="server_error", code="model_overloaded",
+                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
+        m._served = served
+        decision = await self.limiter.acquire(key.name, key.limits, tokens)
+        headers = decision.headers()
+        if not decision.allowed:
+            self.in_flight.release(name)
+            m._served = None
+            kind = decision.exceeded or "requests"
+            self.metrics.rate_limited.labels(key.name, kind).inc()
+            raise OpenAIError(429, _limit_message(decision, kind, tokens), type=kind,
+                              code="rate_limit_exceeded", headers=headers)
+        m._key = key
+        m.reserved_tokens = tokens
+        m.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.metrics.in_flight.labels(m.endpoint, m.model).inc()
+
+    async def finish(self, m: Meter, key: Principal | None, request_id: str, status: int) -> None:
+        """Runs once per request, after its last byte (or its client's departure)."""
+        if m.incomplete and status < 400:
+            status = m.status_override or CLIENT_CLOSED
+        latency = time.perf_counter() - m.start
+        usage = m.usage
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        if m._served is not None:
+            self.in_flight.release(m._served.worker.name)
+            self.metrics.in_flight.labels(m.endpoint, m.model).dec()
+        if m._key is not None and m.reserved_tokens:
+            actual = prompt + completion
+            try:
+                await self.limiter.settle(m._key.name, m._key.limits, actual - m.reserved_tokens)
+            except Exception:  # a store hiccup must not lose the ledger record below
+                log.exception("could not settle rate-limit tokens")
+        self.metrics.requests.labels(m.endpoint, m.model, str(status)).inc()
+        self.metrics.latency.labels(m.endpoint, m.model).observe(latency)
+        self.metrics.observe_usage(m.model, usage)
+        if m.first_token_at is not None:
+            self.metrics.ttft.labels(m.model).observe(m.first_token_at - m.start)
+            decode_s = time.perf_counter() - m.first_token_at
+            if completion > 1 and decode_s > 0:
+                self.metrics.tokens_per_s.labels(m.model).observe((completion - 1) / decode_s)
+        if key is None:
+            return
+        self.ledger.append(UsageRecord(
+            ts=time.time(), request_id=request_id, key_name=key.name, model=m.model,
+            endpoint=m.endpoint, status=status, prompt_tokens=prompt,
+            completion_tokens=completion,
+            cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+            cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+            images=m.images, audio_seconds=m.audio_seconds, characters=m.characters,
+            video_seconds=m.video_seconds, latency_ms=latency * 1000,
+        ))
+
+
+def _limit_message(decision: Any, kind: str, tokens: int) -> str:
+    if getattr(decision, "too_large", False):
+        return (f"Request too large: it may use {tokens} tokens, more than this key's limit of "
+                f"{decision.tokens.limit} tokens per minute. Lower max_tokens or the input.")
+    return (f"Rate limit reached for {kind} per minute on this key. Retry after "
+            f"{decision.headers().get('Retry-After', '1')} s.")
+
+
+class MeteringMiddleware:
+    """Wraps every authenticated /v1/ request; sits inside auth, which sets the key."""
+
+    def __init__(self, app: ASGIApp, metering: Metering):
+        self.app = app
+        self.metering = metering
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state", {})
+        key = state.get("key")
+        if scope["type"] != "http" or key is None:
+            return await self.app(scope, receive, send)
+        m = state["meter"] = Meter(endpoint=scope["path"])
+        status = 500
+
+        async def send_with_limits(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if m.headers:
+                    message["headers"] = [*message.get("headers", []), *m.headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            m.endpoint = _endpoint(scope)
+            state["usage"] = m.usage  # for the access log
+            await self.metering.finish(m, key, state.get("request_id", "-"), status)
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route's path template, so `/v1/videos/{id}` is one label, not one per job (and a
+    path no route matched is one label, whatever a scanner tries)."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"

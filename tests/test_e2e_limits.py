@@ -1,0 +1,171 @@
+"""Keys with limits, model allow-lists, backpressure and a graceful stop, on a stack of its own.
+
+The stack keeps its rate-limit counters in a real redis-server, as router replicas would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+
+from serving.launcher.background import BackgroundStack, start_background_stack
+from serving.router.auth import hash_key
+from tests.conftest import CHAT_MODEL, validate_openai
+
+pytestmark = pytest.mark.e2e
+
+RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-narrow-0123456789"
+DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str
+            ) -> Iterator[BackgroundStack]:
+    tmp = tmp_path_factory.mktemp("limited")
+    overlay = tmp / "limits.yaml"
+    overlay.write_text(f"""
+router:
+  rate_limit_store: {redis_url}
+  default_limits: {{requests_per_minute: 1000}}
+  api_keys:
+    - {{name: rpm, env: TEST_RPM_KEY, limits: {{requests_per_minute: 3}}}}
+    - {{name: tpm, sha256: {hash_key(TPM_KEY)}, limits: {{tokens_per_minute: 400}}}}
+    - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
+workers:
+  chat: {{max_in_flight: 1}}
+  videos: {{enabled: false}}
+  speech: {{enabled: false}}
+  transcription: {{enabled: false}}
+""")
+    root = Path(__file__).resolve().parent.parent
+    stack = start_background_stack([root / "configs" / "cpu.yaml", overlay], tmp,
+                                   env={"TEST_RPM_KEY": RPM_KEY})
+    yield stack
+    stack.stop()
+
+
+def as_key(stack: BackgroundStack, key: str) -> httpx.Client:
+    return httpx.Client(base_url=stack.v1, timeout=120,
+                        headers={"Authorization": f"Bearer {key}"})
+
+
+def ask(max_tokens: int = 4, **extra) -> dict:
+    return {"model": CHAT_MODEL, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Say hi."}], **extra}
+
+
+def long_story(max_tokens: int) -> dict:
+    """A request that runs to max_tokens (greedy, this model does not stop early here)."""
+    return ask(max_tokens=max_tokens, stream=True, temperature=0, messages=[
+        {"role": "user", "content": "Write a long story about a dragon and a knight, at "
+                                    "least 500 words."}])
+
+
+def test_requests_per_minute(limited: BackgroundStack, redis_url: str):
+    http = as_key(limited, RPM_KEY)  # a key given to the config by environment variable
+    for left in (2, 1, 0):
+        r = http.post("/chat/completions", json=ask())
+        assert r.status_code == 200, r.text
+        assert r.headers["x-ratelimit-limit-requests"] == "3"
+        assert r.headers["x-ratelimit-remaining-requests"] == str(left)
+        assert DURATION.match(r.headers["x-ratelimit-reset-requests"])
+    r = http.post("/chat/completions", json=ask())
+    assert r.status_code == 429
+    validate_openai(r.json(), "ErrorResponse")
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    # The SDK sees OpenAI's RateLimitError.
+    sdk = openai.OpenAI(base_url=limited.v1, api_key=RPM_KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(**ask())
+    # The counters live in Redis, where other router replicas would see them.
+    assert redis.Redis.from_url(redis_url).keys("*rpm*")
+
+
+def test_tokens_are_reserved_then_settled(limited: BackgroundStack):
+    http = as_key(limited, TPM_KEY)
+    first = http.post("/chat/completions", json=ask(max_tokens=300))
+    assert first.status_code == 200, first.text
+    # Reserved: the prompt's estimate plus all 300 tokens it may generate...
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 100
+    assert first.headers["x-ratelimit-limit-tokens"] == "400"
+    # ...then settled against what it used, so the next big request fits again.
+    second = http.post("/chat/completions", json=ask(max_tokens=300))
+    assert second.status_code == 200, second.text
+    too_big = http.post("/chat/completions", json=ask(max_tokens=1000))
+    assert too_big.status_code == 429
+    assert too_big.json()["error"]["type"] == "tokens"
+    assert "too large" in too_big.json()["error"]["message"]
+
+
+def test_a_key_sees_and_uses_only_its_models(limited: BackgroundStack):
+    http = as_key(limited, NARROW_KEY)
+    assert [m["id"] for m in http.get("/models").json()["data"]] == [CHAT_MODEL]
+    assert [m["id"] for m in http.get("/catalog").json()["data"]] == [CHAT_MODEL]
+    r = http.post("/images/generations", json={"model": "flux-tiny", "prompt": "a cat"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert http.post("/chat/completions", json=ask()).status_code == 200
+    # Another key, with every model, may draw.
+    r = as_key(limited, limited.key).post("/images/generations",
+                                          json={"model": "flux-tiny", "prompt": "a cat"})
+    assert r.status_code == 200
+
+
+def test_a_full_model_answers_503_at_once(limited: BackgroundStack):
+    """max_in_flight: 1 on the chat worker: a second request is turned away, not queued."""
+    http = as_key(limited, limited.key)
+    with http.stream("POST", "/chat/completions", json=long_story(300)) as long:
+        assert long.status_code == 200
+        lines = long.iter_lines()  # held: a dropped iterator would close the connection
+        next(lines)  # it is generating
+        started = time.monotonic()
+        r = http.post("/chat/completions", json=ask())
+        assert time.monotonic() - started < 10
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+        assert r.json()["error"]["code"] == "model_overloaded"
+    # The slot is free again once that stream is gone.
+    deadline = time.monotonic() + 30
+    while (r := http.post("/chat/completions", json=ask())).status_code == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert r.status_code == 200
+
+
+def test_sigterm_finishes_requests_in_flight(limited: BackgroundStack):
+    """Runs last in this file: it stops the stack."""
+    http = as_key(limited, limited.key)
+    events: list[str] = []
+
+    def stream() -> None:
+        with http.stream("POST", "/chat/completions", json=long_story(120)) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not events:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    limited.process.send_signal(signal.SIGTERM)
+    reader.join(120)
+    assert events[-1] == "data: [DONE]"  # the stream in flight ran to its end
+    finish = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-1]
+              if json.loads(e[6:])["choices"]]
+    assert finish[-1] == "length"
+    assert limited.process.wait(60) == 0
+    with pytest.raises(httpx.TransportError):
+        http.post("/chat/completions", json=ask())

@@ -1,0 +1,148 @@
+"""The usage ledger and the metrics, through the real stack.
+
+Every request of every modality lands in the ledger exactly once with what its response said
+it used; a stream the client drops is metered with what was generated before it left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import CHAT_MODEL
+
+pytestmark = pytest.mark.e2e
+
+SUMS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "images", "characters",
+        "audio_seconds", "video_seconds", "requests")
+
+
+@pytest.fixture(scope="module")
+def admin(stack) -> httpx.Client:
+    """The admin key, which no other test uses: its totals are this file's traffic alone."""
+    with httpx.Client(base_url=stack.base_url, timeout=120,
+                      headers={"Authorization": f"Bearer {stack.admin_key}"}) as c:
+        yield c
+
+
+def totals(admin: httpx.Client, since: float) -> dict[tuple[str, str], dict]:
+    r = admin.get("/v1/usage", params={"since": str(since), "by": "key,endpoint,status"})
+    assert r.status_code == 200, r.text
+    return {(row["endpoint"], str(row["status"])): row for row in r.json()["data"]
+            if row["key"] == "admin-1"}
+
+
+def chat(stream: bool, include_usage: bool = False, max_tokens: int = 8) -> dict:
+    body: dict = {"model": CHAT_MODEL, "max_tokens": max_tokens, "temperature": 0,
+                  "messages": [{"role": "user", "content": "Count from one to twenty."}]}
+    if stream:
+        body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def streamed_usage(client: httpx.Client, body: dict) -> dict | None:
+    usage = None
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                assert "usage" not in chunk or chunk["choices"] == []  # no running usage
+                usage = chunk.get("usage") or usage
+    return usage
+
+
+def test_every_request_is_in_the_ledger_with_its_usage(admin):
+    metered = admin
+    since = time.time()
+    expect = {"prompt_tokens": 0, "completion_tokens": 0}
+
+    # Chat three ways: whole, streamed with usage, streamed without (metered all the same).
+    whole = metered.post("/v1/chat/completions", json=chat(False)).json()["usage"]
+    shown = streamed_usage(metered, chat(True, include_usage=True))
+    assert shown is not None
+    assert streamed_usage(metered, chat(True)) is None  # not asked for: not shown...
+    for usage in (whole, shown, shown):  # ...but the same greedy answer, so the same usage
+        expect["prompt_tokens"] += usage["prompt_tokens"]
+        expect["completion_tokens"] += usage["completion_tokens"]
+
+    # A stream dropped after its first few events: metered to what was generated.
+    with metered.stream("POST", "/v1/chat/completions", json=chat(True, max_tokens=200)) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 6:
+                break
+
+    image = metered.post("/v1/images/generations", json={"model": "flux-tiny", "prompt": "a",
+                                                         "n": 2, "size": "128x128"}).json()
+    speech = metered.post("/v1/audio/speech", json={"model": "hibari", "voice": "alloy",
+                                                    "input": "Hello there.",
+                                                    "response_format": "wav"})
+    assert speech.status_code == 200
+    heard = metered.post("/v1/audio/transcriptions", files={"file": ("a.wav", speech.content)},
+                         data={"model": "whisper-tiny.en", "response_format": "verbose_json"})
+    assert heard.status_code == 200
+    video = metered.post("/v1/videos", json={"model": "wan-tiny", "prompt": "a", "seconds": "1",
+                                             "size": "128x128"})
+    assert video.status_code == 200
+
+    deadline = time.monotonic() + 30
+    while True:  # the dropped stream is recorded once the router notices the client left
+        rows = totals(admin, since)
+        if ("/v1/chat/completions", "499") in rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+    done = rows[("/v1/chat/completions", "200")]
+    assert done["requests"] == 3
+    assert done["prompt_tokens"] == expect["prompt_tokens"]
+    assert done["completion_tokens"] == expect["completion_tokens"]
+    dropped = rows[("/v1/chat/completions", "499")]
+    assert dropped["requests"] == 1
+    assert dropped["prompt_tokens"] == whole["prompt_tokens"]
+    assert 0 < dropped["completion_tokens"] < 200
+
+    assert rows[("/v1/images/generations", "200")]["images"] == len(image["data"]) == 2
+    assert rows[("/v1/images/generations", "200")]["prompt_tokens"] == \
+        image["usage"]["input_tokens"]
+    assert rows[("/v1/audio/speech", "200")]["characters"] == len("Hello there.")
+    audio_s = rows[("/v1/audio/transcriptions", "200")]["audio_seconds"]
+    assert audio_s == pytest.approx(heard.json()["duration"], abs=0.05)
+    assert rows[("/v1/videos", "200")]["video_seconds"] == 1.0
+
+
+def test_usage_and_metrics_are_for_admin_keys_only(stack, http):
+    for path in ("/v1/usage", "/metrics"):
+        r = http.get(path)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
+        assert httpx.get(stack.base_url + path).status_code == 401
+    bad = http.get("/v1/usage", params={"by": "user"}, headers={
+        "Authorization": f"Bearer {stack.admin_key}"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
+
+
+def test_metrics(stack, admin, client):
+    client.chat.completions.create(model=CHAT_MODEL, max_tokens=4, stream=True,
+                                   messages=[{"role": "user", "content": "hi"}]).close()
+    list(client.chat.completions.create(model=CHAT_MODEL, max_tokens=4, stream=True,
+                                        messages=[{"role": "user", "content": "hi"}]))
+    r = admin.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for needle in (
+        'serving_requests_total{endpoint="/v1/chat/completions",model="smollm2-135m-instruct",'
+        'status="200"}',
+        "serving_request_duration_seconds_bucket",
+        'serving_time_to_first_token_seconds_count{model="smollm2-135m-instruct"}',
+        "serving_output_tokens_per_second_bucket",
+        'serving_worker_up{worker="chat"} 1.0',
+        "serving_requests_in_flight",
+        'serving_tokens_total{kind="prompt",model="smollm2-135m-instruct"}',
+        "vllm:num_requests_running",  # the worker's own metrics, appended
+    ):
+        assert needle in text, needle
+    assert text.count("# TYPE process_cpu_seconds_total") <= 1
