@@ -169,3 +169,7 @@ def test_sigterm_finishes_requests_in_flight(limited: BackgroundStack):
     assert limited.process.wait(60) == 0
     with pytest.raises(httpx.TransportError):
         http.post("/chat/completions", json=ask())
+    # No key this stack knew (most were used above) is in its log.
+    log = limited.log_text()
+    for key in (RPM_KEY, TPM_KEY, NARROW_KEY, limited.key, limited.admin_key):
+        assert key not in log
