@@ -80,10 +80,11 @@ def model_not_found(model: str) -> OpenAIError:
 
 
 def param_path(loc: Sequence[str | int]) -> str:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content', the way OpenAI names params."""
+    """('body', 'messages', 0, 'content') -> 'messages[0].content', the way OpenAI names params
+    (a query parameter is named as it is, without FastAPI's 'query.')."""
     out = ""
-    for part in loc:
-        if part == "body" and not out:
+    for i, part in enumerate(loc):
+        if i == 0 and part in ("body", "query", "path", "header"):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
@@ -138,6 +139,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, OpenAIError):  # raised while FastAPI parsed the body
+            return exc.__cause__.response()
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
         elif exc.status_code == 405:

@@ -89,6 +89,8 @@ class AudioEncoder:
                 + b"data" + struct.pack("<I", unknown))
 
     def encode(self, samples: np.ndarray) -> bytes:
+        if samples.size == 0:  # an engine can find nothing to voice in a chunk
+            return b""
         if self._container is None:
             return _s16(_resample(samples, self.rate, PCM_RATE))
         frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt",

@@ -46,6 +46,9 @@ class SpeechParams:
 def resolve_speech_request(req: SpeechRequest, options: SpeechOptions) -> SpeechParams:
     if not req.input.strip():
         raise invalid_request("'input' must not be empty.", param="input", code="invalid_value")
+    if not any(ch.isalnum() for ch in req.input):
+        raise invalid_request("'input' has nothing to speak: no letters or digits.",
+                              param="input", code="invalid_value")
     if len(req.input) > options.max_input_chars:
         raise invalid_request(f"'input' is {len(req.input)} characters; this model takes at "
                               f"most {options.max_input_chars}.", param="input",

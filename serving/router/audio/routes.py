@@ -23,12 +23,13 @@ from serving.protocol.audio import (
     resolve_transcription,
     transcription_fields,
 )
+from serving.router.json_body import StrictJSONRoute
 from serving.router.metering import meter
 from serving.router.registry import Served
 from serving.router.request_context import worker_request_id
 from serving.router.workers import upstream_error
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 # Room for the multipart framing and the other fields around the file itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from serving.config import Modality
 from serving.errors import invalid_request
+from serving.router.json_body import StrictJSONRoute
 from serving.router.registry import Registry, Served
 from serving.router.request_context import worker_request_id
 from serving.router.text.protocol import (
@@ -25,7 +26,7 @@ from serving.router.text.protocol import (
 )
 from serving.router.text.proxy import forward
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 def _registry(request: Request) -> Registry:

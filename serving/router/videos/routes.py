@@ -8,7 +8,6 @@ it: any other key gets the same 404 as for a job that does not exist.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any
 
@@ -21,6 +20,7 @@ from serving.config import Modality
 from serving.errors import OpenAIError, invalid_request
 from serving.protocol.images import random_seed
 from serving.protocol.videos import VideoCreateRequest, resolve_video_request
+from serving.router.json_body import loads
 from serving.router.metering import meter
 from serving.router.videos.store import ID_PATTERN, Job, JobStore
 
@@ -43,12 +43,13 @@ def _owner(request: Request) -> str:
 
 
 def _not_found(video_id: str) -> OpenAIError:
-    return OpenAIError(404, f"No video job found with id '{video_id}'.", param="video_id",
+    shown = video_id if len(video_id) <= 80 else video_id[:80] + "..."
+    return OpenAIError(404, f"No video job found with id '{shown}'.", param="video_id",
                        code="not_found")
 
 
 async def _job(request: Request, video_id: str) -> Job:
-    if not _ID.match(video_id):
+    if not _ID.fullmatch(video_id):
         raise _not_found(video_id)
     job = await asyncio.to_thread(_store(request).get, video_id, _owner(request))
     if job is None:
@@ -66,7 +67,7 @@ async def _body(request: Request) -> VideoCreateRequest:
             if any(hasattr(v, "read") for v in form.values()):
                 data["input_reference"] = "file"
         else:
-            data = json.loads(await request.body())
+            data = loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise invalid_request("We could not parse the body of your request.",
                               code="invalid_json") from None
@@ -112,7 +113,7 @@ async def list_videos(
     limit: int = Query(default=20, ge=1, le=100),
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
 ) -> dict[str, Any]:
-    if after is not None and not _ID.match(after):
+    if after is not None and not _ID.fullmatch(after):
         raise invalid_request(f"Invalid value for 'after': '{after}' is not a video id.",
                               param="after", code="invalid_value")
     jobs = await asyncio.to_thread(_store(request).list, _owner(request), after, limit + 1,
