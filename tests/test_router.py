@@ -185,3 +185,15 @@ def test_body_limit_is_a_413_envelope(tmp_path: Path):
     # Unauthenticated requests are turned away before their body is even looked at.
     r = client.post("/v1/chat/completions", json=body, headers={"Authorization": ""})
     assert r.status_code == 401
+
+
+def test_json_bodies_must_be_valid_unicode():
+    from serving.errors import OpenAIError
+    from serving.router.json_body import loads
+
+    assert loads(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001F600"}  # a pair is one character
+    with pytest.raises(OpenAIError) as lone:
+        loads(b'{"messages": [{"content": "x"}, {"content": "\\ud800"}]}')
+    assert lone.value.status == 400 and lone.value.param == "messages[1].content"
+    with pytest.raises(OpenAIError):
+        loads(b'{"a": "\xed\xa0\x80"}')  # the raw bytes of one, which json.loads also takes
