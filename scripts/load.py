@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_chat import PROMPTS  # scripts/ is on the path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +48,6 @@ ENDPOINT = {"chat": CHAT_PATH, "chat_stream": CHAT_PATH, "chat_drop": CHAT_PATH,
 DEFAULT_MIX = "chat=4,chat_stream=4,chat_drop=1,image=1,transcription=1"
 CLIENT_CLOSED = 499
 
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how a bicycle works.",
-    "List some facts about the ocean.",
-    "Describe a day in the life of a cat.",
-    "What makes a good cup of tea?",
-    "Tell me about the history of bread.",
-]
 # Dropped streams must still be generating when the client leaves, or the router rightly
 # meters them as complete (200): with the end-of-sequence tokens banned they run to
 # max_tokens. Token ids per chat model (SmolLM2: 0 <|endoftext|>, 2 <|im_end|>).
