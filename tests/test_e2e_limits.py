@@ -19,12 +19,14 @@ import pytest
 import redis
 
 from serving.launcher.background import BackgroundStack, start_background_stack
+from serving.launcher.stack import free_port
 from serving.router.auth import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
 
 pytestmark = pytest.mark.e2e
 
 RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-narrow-0123456789"
+METRICS_PORT = free_port()
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
 
@@ -35,6 +37,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str
     overlay = tmp / "limits.yaml"
     overlay.write_text(f"""
 router:
+  metrics_port: {METRICS_PORT}
   rate_limit_store: {redis_url}
   default_limits: {{requests_per_minute: 1000}}
   api_keys:
@@ -141,6 +144,16 @@ def test_a_full_model_answers_503_at_once(limited: BackgroundStack):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert r.status_code == 200
+
+
+def test_metrics_without_a_key_on_their_own_port(limited: BackgroundStack):
+    r = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    assert r.status_code == 200
+    assert 'serving_rate_limit_rejections_total{key="rpm",kind="requests"}' in r.text
+    assert 'serving_overload_rejections_total{model="smollm2-135m-instruct"}' in r.text
+    # Only /metrics there; on the API port it still takes an admin key.
+    assert httpx.get(f"http://127.0.0.1:{METRICS_PORT}/v1/models").status_code == 404
+    assert httpx.get(limited.base_url + "/metrics").status_code == 401
 
 
 def test_sigterm_finishes_requests_in_flight(limited: BackgroundStack):
