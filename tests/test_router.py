@@ -197,3 +197,15 @@ def test_json_bodies_must_be_valid_unicode():
     assert lone.value.status == 400 and lone.value.param == "messages[1].content"
     with pytest.raises(OpenAIError):
         loads(b'{"a": "\xed\xa0\x80"}')  # the raw bytes of one, which json.loads also takes
+
+
+def test_a_rate_limit_store_that_is_down_does_not_fail_requests(tmp_path: Path):
+    """Nothing listens on port 1: the limits cannot be checked, the request goes on (to a
+    worker that is down here too, hence its 503) instead of failing with a 500."""
+    client = router(tmp_path, "router: {rate_limit_store: 'redis://127.0.0.1:1/0',"
+                              " default_limits: {requests_per_minute: 5}}")
+    r = client.post("/v1/chat/completions",
+                    json={"model": "smollm2-135m-instruct", "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable"
+    assert "x-ratelimit-limit-requests" not in r.headers

@@ -102,7 +102,14 @@ class Metering:
                 type="server_error", code="model_overloaded",
                 headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
         m._served = served
-        decision = await self.limiter.acquire(key.name, key.limits, tokens)
+        try:
+            decision = await self.limiter.acquire(key.name, key.limits, tokens)
+        except Exception as e:
+            # The store (Redis) is down: serve unmetered by the limits rather than fail every
+            # request; the ledger still records it.
+            log.warning("rate-limit store unavailable (%s); admitting without limits", e)
+            self.metrics.in_flight.labels(m.endpoint, m.model).inc()
+            return
         headers = decision.headers()
         if not decision.allowed:
             self.in_flight.release(name)
