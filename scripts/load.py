@@ -541,17 +541,22 @@ def start_stack(configs: list[Path], disable: set[str], rpm: int | None):
     return stack
 
 
-async def warm_up(load: Load, kinds: list[str]) -> None:
+async def warm_up(load: Load, kinds: list[str]) -> int:
     """One request of each kind before the measured run, so no model's first request (a
-    compile, a lazy load) lands in the latencies. Not in the ledger window."""
+    compile, a lazy load) lands in the latencies. Not in the ledger window. Returns how many
+    requests it sent."""
+    sent = 0
     for kind in kinds:
         if kind != "chat_drop":
             await load.one(kind, 0)
+            sent += 1
     if "chat_drop" in kinds:  # each prompt's token count, to check the dropped streams' rows
         for i in range(len(PROMPTS)):
             r = await load.client.post(CHAT_PATH, json=load._chat_body(i, 1))
+            sent += 1
             if r.status_code == 200:
                 load.prompt_tokens[i] = r.json()["usage"]["prompt_tokens"]
+    return sent
 
 
 async def run_load(args: argparse.Namespace, base_url: str, key: str,
@@ -563,7 +568,12 @@ async def run_load(args: argparse.Namespace, base_url: str, key: str,
         load = Load(client, settings)
         if args.warmup:
             print("warming up...", file=sys.stderr, flush=True)
-            await warm_up(load, [k for k in KINDS if args.mix.get(k, 0) > 0])
+            warm_start = time.time()
+            sent = await warm_up(load, [k for k in KINDS if args.mix.get(k, 0) > 0])
+            # The router writes a request's record just after its last byte: wait until the
+            # warm-up's are all in, so none can fall inside the window that starts next.
+            await asyncio.to_thread(settle_ledger, base_url, args.admin_key, warm_start,
+                                    args.key_name, sent)
             warm = [e for st in load.stats.values() for e in st.errors]
             load.stats = {k: KindStats(k) for k in KINDS}
             if warm:
