@@ -85,3 +85,5 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
         yield event({"status": "completed", "progress": 100, "frames": frames})
     finally:
         cancelled = True  # nobody is listening any more: stop at the next step
+        # ...where the render raises Cancelled, which nobody awaits any more: take it here.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
