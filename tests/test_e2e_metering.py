@@ -45,8 +45,10 @@ def chat(stream: bool, include_usage: bool = False, max_tokens: int = 8) -> dict
     return body
 
 
-def streamed_usage(client: httpx.Client, body: dict) -> dict | None:
-    usage = None
+def streamed_usage(client: httpx.Client, body: dict) -> tuple[dict | None, int]:
+    """The usage event if the client asked for one, and the tokens it got: one per content
+    event after the opening role event (vLLM sends each token as it is generated)."""
+    usage, events = None, 0
     with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
@@ -54,22 +56,23 @@ def streamed_usage(client: httpx.Client, body: dict) -> dict | None:
                 chunk = json.loads(line[6:])
                 assert "usage" not in chunk or chunk["choices"] == []  # no running usage
                 usage = chunk.get("usage") or usage
-    return usage
+                events += bool(chunk["choices"])
+    return usage, events - 1
 
 
 def test_every_request_is_in_the_ledger_with_its_usage(admin):
     metered = admin
     since = time.time()
-    expect = {"prompt_tokens": 0, "completion_tokens": 0}
 
     # Chat three ways: whole, streamed with usage, streamed without (metered all the same).
     whole = metered.post("/v1/chat/completions", json=chat(False)).json()["usage"]
-    shown = streamed_usage(metered, chat(True, include_usage=True))
-    assert shown is not None
-    assert streamed_usage(metered, chat(True)) is None  # not asked for: not shown...
-    for usage in (whole, shown, shown):  # ...but the same greedy answer, so the same usage
-        expect["prompt_tokens"] += usage["prompt_tokens"]
-        expect["completion_tokens"] += usage["completion_tokens"]
+    shown, tokens = streamed_usage(metered, chat(True, include_usage=True))
+    assert shown is not None and shown["completion_tokens"] == tokens
+    unshown, tokens = streamed_usage(metered, chat(True))
+    assert unshown is None  # not asked for: not shown, and metered all the same
+    expect = {"prompt_tokens": whole["prompt_tokens"] * 3,  # the same prompt each time
+              "completion_tokens": whole["completion_tokens"] + shown["completion_tokens"]
+              + tokens}
 
     # A stream dropped after its first few events: metered to what was generated.
     with metered.stream("POST", "/v1/chat/completions", json=chat(True, max_tokens=200)) as r:
