@@ -40,10 +40,11 @@ ENVELOPE_FIELDS = {"message", "type", "param", "code"}
 
 
 def fuzz_settings(max_examples: int):
-    """Bounded for the 2-core test box; SERVING_FUZZ_EXAMPLES=n runs n per test for a deeper
-    search."""
-    max_examples = int(os.environ.get("SERVING_FUZZ_EXAMPLES", max_examples))
-    return settings(max_examples=max_examples, deadline=None, database=None,
+    """Bounded for the 2-core test box, and the same examples every run so CI is repeatable;
+    SERVING_FUZZ_EXAMPLES=n runs n fresh random ones per test for a deeper search."""
+    deeper = os.environ.get("SERVING_FUZZ_EXAMPLES")
+    return settings(max_examples=int(deeper or max_examples), derandomize=not deeper,
+                    deadline=None, database=None,
                     suppress_health_check=list(HealthCheck),
                     phases=[Phase.explicit, Phase.generate])
 
