@@ -121,6 +121,10 @@ def test_a_key_sees_and_uses_only_its_models(limited: BackgroundStack):
     assert [m["id"] for m in http.get("/catalog").json()["data"]] == [CHAT_MODEL]
     r = http.post("/images/generations", json={"model": "flux-tiny", "prompt": "a cat"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    sdk = openai.OpenAI(base_url=limited.v1, api_key=NARROW_KEY, max_retries=0)
+    assert [m.id for m in sdk.models.list()] == [CHAT_MODEL]
+    with pytest.raises(openai.NotFoundError):
+        sdk.images.generate(model="flux-tiny", prompt="a cat")
     assert http.post("/chat/completions", json=ask()).status_code == 200
     # Another key, with every model, may draw.
     r = as_key(limited, limited.key).post("/images/generations",

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import CHAT_MODEL
+from tests.conftest import CHAT_MODEL, validate_openai
 
 pytestmark = pytest.mark.e2e
 
@@ -123,9 +123,11 @@ def test_usage_and_metrics_are_for_admin_keys_only(stack, http):
         r = http.get(path)
         assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
         assert httpx.get(stack.base_url + path).status_code == 401
-    bad = http.get("/v1/usage", params={"by": "user"}, headers={
-        "Authorization": f"Bearer {stack.admin_key}"})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
+    admin = {"Authorization": f"Bearer {stack.admin_key}"}
+    for params, param in (({"by": "user"}, "by"), ({"since": "last tuesday"}, "since")):
+        bad = http.get("/v1/usage", params=params, headers=admin)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param
+        validate_openai(bad.json(), "ErrorResponse")
 
 
 def test_metrics(stack, admin, client):

@@ -105,7 +105,7 @@ STREAM = (
     b'"usage":{"prompt_tokens":3,"total_tokens":3,"completion_tokens":0}}\n\n'
     b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}],'
     b'"usage":{"prompt_tokens":3,"total_tokens":4,"completion_tokens":1,'
-    b'"completion_tokens_details":null}}\n\n'
+    b'"completion_tokens_details":{"reasoning_tokens":0}}}\n\n'
     b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":3,"total_tokens":5,"completion_tokens":2}}\n\n'
     b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
@@ -126,7 +126,8 @@ async def relay(pieces: list[bytes], include_usage: bool, stop_after: int | None
         for piece in pieces:
             yield piece
 
-    m = Meter(endpoint="/v1/chat/completions")
+    (key,) = principals(keys_from_env({"SERVING_API_KEYS": KEY}), Limits())
+    m = Meter(endpoint="/v1/chat/completions", key=key)
     response = httpx.Response(200, content=body())
     out = []
     stream = _relay(response, include_usage, True, m)

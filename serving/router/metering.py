@@ -23,7 +23,7 @@ from serving.errors import OpenAIError
 from serving.ledger import Ledger, UsageRecord
 from serving.router.auth import Principal
 from serving.router.metrics import RouterMetrics
-from serving.router.ratelimit import RateLimiter
+from serving.router.ratelimit import Decision, RateLimiter
 from serving.router.registry import Served
 
 log = logging.getLogger("serving.router")
@@ -37,6 +37,7 @@ class Meter:
     """What one request used, filled in by its route and read when it ends."""
 
     endpoint: str
+    key: Principal
     start: float = field(default_factory=time.perf_counter)
     model: str = "-"
     usage: dict[str, Any] = field(default_factory=dict)  # as the client sees it (normalised)
@@ -44,14 +45,13 @@ class Meter:
     characters: int = 0
     audio_seconds: float = 0.0
     video_seconds: float = 0.0
-    reserved_tokens: int = 0
+    reserved_tokens: int = 0  # held in the key's tokens bucket until the request ends
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
     first_token_at: float | None = None
     # A streamed answer that ends before its last event: the client left (or the worker did).
     incomplete: bool = False
     status_override: int | None = None
-    _served: Served | None = None
-    _key: Principal | None = None
+    _served: Served | None = None  # set once admitted: it holds one of the model's slots
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -91,7 +91,7 @@ class Metering:
     async def admit(self, request: Request, served: Served, tokens: int = 0) -> None:
         """Let the request in, or raise the 503 (model at capacity) or 429 (rate limit)."""
         m = meter(request)
-        key: Principal = request.state.key
+        key = m.key
         m.endpoint = _endpoint(request.scope)
         m.model = served.entry.id
         name = served.worker.name
@@ -101,29 +101,26 @@ class Metering:
                 503, f"The model `{m.model}` is at capacity; retry shortly.",
                 type="server_error", code="model_overloaded",
                 headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
-        m._served = served
         try:
             decision = await self.limiter.acquire(key.name, key.limits, tokens)
         except Exception as e:
-            # The store (Redis) is down: serve unmetered by the limits rather than fail every
+            # The store (Redis) is down: serve without the limits rather than fail every
             # request; the ledger still records it.
             log.warning("rate-limit store unavailable (%s); admitting without limits", e)
-            self.metrics.in_flight.labels(m.endpoint, m.model).inc()
-            return
-        headers = decision.headers()
-        if not decision.allowed:
-            self.in_flight.release(name)
-            m._served = None
-            kind = decision.exceeded or "requests"
-            self.metrics.rate_limited.labels(key.name, kind).inc()
-            raise OpenAIError(429, _limit_message(decision, kind, tokens), type=kind,
-                              code="rate_limit_exceeded", headers=headers)
-        m._key = key
-        m.reserved_tokens = tokens
-        m.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        else:
+            headers = decision.headers()
+            if not decision.allowed:
+                self.in_flight.release(name)
+                kind = decision.exceeded or "requests"
+                self.metrics.rate_limited.labels(key.name, kind).inc()
+                raise OpenAIError(429, _limit_message(decision, kind, tokens, headers),
+                                  type=kind, code="rate_limit_exceeded", headers=headers)
+            m.reserved_tokens = tokens
+            m.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        m._served = served
         self.metrics.in_flight.labels(m.endpoint, m.model).inc()
 
-    async def finish(self, m: Meter, key: Principal | None, request_id: str, status: int) -> None:
+    async def finish(self, m: Meter, request_id: str, status: int) -> None:
         """Runs once per request, after its last byte (or its client's departure)."""
         if m.incomplete and status < 400:
             status = m.status_override or CLIENT_CLOSED
@@ -134,10 +131,10 @@ class Metering:
         if m._served is not None:
             self.in_flight.release(m._served.worker.name)
             self.metrics.in_flight.labels(m.endpoint, m.model).dec()
-        if m._key is not None and m.reserved_tokens:
+        if m.reserved_tokens:
             actual = prompt + completion
             try:
-                await self.limiter.settle(m._key.name, m._key.limits, actual - m.reserved_tokens)
+                await self.limiter.settle(m.key.name, m.key.limits, actual - m.reserved_tokens)
             except Exception:  # a store hiccup must not lose the ledger record below
                 log.exception("could not settle rate-limit tokens")
         self.metrics.requests.labels(m.endpoint, m.model, str(status)).inc()
@@ -148,10 +145,8 @@ class Metering:
             decode_s = time.perf_counter() - m.first_token_at
             if completion > 1 and decode_s > 0:
                 self.metrics.tokens_per_s.labels(m.model).observe((completion - 1) / decode_s)
-        if key is None:
-            return
         self.ledger.append(UsageRecord(
-            ts=time.time(), request_id=request_id, key_name=key.name, model=m.model,
+            ts=time.time(), request_id=request_id, key_name=m.key.name, model=m.model,
             endpoint=m.endpoint, status=status, prompt_tokens=prompt,
             completion_tokens=completion,
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
@@ -161,12 +156,12 @@ class Metering:
         ))
 
 
-def _limit_message(decision: Any, kind: str, tokens: int) -> str:
-    if getattr(decision, "too_large", False):
+def _limit_message(decision: Decision, kind: str, tokens: int, headers: dict[str, str]) -> str:
+    if decision.too_large and decision.tokens is not None:
         return (f"Request too large: it may use {tokens} tokens, more than this key's limit of "
                 f"{decision.tokens.limit} tokens per minute. Lower max_tokens or the input.")
     return (f"Rate limit reached for {kind} per minute on this key. Retry after "
-            f"{decision.headers().get('Retry-After', '1')} s.")
+            f"{headers.get('Retry-After', '1')} s.")
 
 
 class MeteringMiddleware:
@@ -181,7 +176,7 @@ class MeteringMiddleware:
         key = state.get("key")
         if scope["type"] != "http" or key is None:
             return await self.app(scope, receive, send)
-        m = state["meter"] = Meter(endpoint=scope["path"])
+        m = state["meter"] = Meter(endpoint=scope["path"], key=key)
         status = 500
 
         async def send_with_limits(message: Message) -> None:
@@ -197,7 +192,7 @@ class MeteringMiddleware:
         finally:
             m.endpoint = _endpoint(scope)
             state["usage"] = m.usage  # for the access log
-            await self.metering.finish(m, key, state.get("request_id", "-"), status)
+            await self.metering.finish(m, state.get("request_id", "-"), status)
 
 
 def _endpoint(scope: Scope) -> str:

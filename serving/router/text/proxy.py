@@ -99,14 +99,16 @@ def _usage_span(event: bytes) -> tuple[int, int] | None:
     start = event.find(_USAGE_MARK)
     if start < 0:
         return None
-    depth, i = 0, start + len(_USAGE_MARK) - 1
-    while i < len(event):  # the usage object holds numbers and objects only, no strings
-        c = event[i]
-        depth += (c == 0x7B) - (c == 0x7D)  # { and }
-        i += 1
-        if depth == 0:
-            return start, i
-    return None
+    # The usage object holds numbers, nulls and flat objects, no strings: its end is the first
+    # `}` after which every `{` opened inside it has closed (one find, as a rule).
+    depth, i = 1, start + len(_USAGE_MARK)
+    while depth:
+        end = event.find(b"}", i)
+        if end < 0:
+            return None
+        depth += event.count(b"{", i, end) - 1
+        i = end + 1
+    return start, i
 
 
 def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> bytes:

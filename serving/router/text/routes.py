@@ -7,7 +7,6 @@ structured output.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,20 +32,21 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def _token_budget(served: Served, body: dict[str, Any], prompt: Any) -> int:
-    """What the rate limiter reserves: the prompt (estimated from its size, about four bytes a
-    token, before any tokenizer runs) plus the most the answer may use. Settled against the
-    real usage when the request ends."""
-    estimate = len(json.dumps(prompt, separators=(",", ":"))) // 4 + 1
+async def _token_budget(request: Request, served: Served, body: dict[str, Any]) -> int:
+    """What the rate limiter reserves: the prompt, estimated from the size of the request
+    (about four bytes a token; the body is already read, so this costs nothing), plus the
+    most the answer may use. Settled against the real usage when the request ends."""
+    estimate = len(await request.body()) // 4 + 1
     most = body.get("max_completion_tokens") or body.get("max_tokens")
     if most is None:
         most = max((served.context_length or 0) - estimate, 0)
     return estimate + int(most)
 
 
-async def _forward(request: Request, served: Served, path: str, body: dict[str, Any],
-                   prompt: Any) -> Response:
-    await request.app.state.metering.admit(request, served, _token_budget(served, body, prompt))
+async def _forward(request: Request, served: Served, path: str, body: dict[str, Any]
+                   ) -> Response:
+    metering = request.app.state.metering
+    await metering.admit(request, served, await _token_budget(request, served, body))
     body["model"] = served.entry.id
     return await forward(
         request,
@@ -85,8 +85,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         "json_schema" not in capabilities or "schema" not in response_format["json_schema"]
     ):
         upstream["response_format"] = {"type": "json_object"}
-    return await _forward(request, served, "/v1/chat/completions", upstream,
-                          [upstream["messages"], upstream.get("tools")])
+    return await _forward(request, served, "/v1/chat/completions", upstream)
 
 
 @router.post("/v1/completions")
@@ -94,4 +93,4 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     served = _registry(request).resolve(body.model, Modality.chat, "/v1/completions",
                                         request.state.key)
     upstream = body.model_dump(exclude_none=True, exclude=COMPLETION_IGNORED)
-    return await _forward(request, served, "/v1/completions", upstream, upstream.get("prompt"))
+    return await _forward(request, served, "/v1/completions", upstream)
