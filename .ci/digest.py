@@ -7,10 +7,12 @@ lines that name an error, minus the shutdown noise that follows any failure.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ERROR = re.compile(r"Error|Exception|error:|Killed|Traceback|failed|Fatal|Illegal")
@@ -18,24 +20,31 @@ NOISE = re.compile(r"EngineDeadError|output_handler|leaked|warnings\.warn|Warnin
                    r"async_llm\.py|resource_tracker|Found ulimit")
 
 
+def _hardware():
+    """serving.config.hardware, loaded by path: it is stdlib only, and this runs outside the
+    project's venv (which may not even exist when the install failed)."""
+    spec = importlib.util.spec_from_file_location(
+        "hardware", Path(__file__).resolve().parent.parent / "serving/config/hardware.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def machine() -> str:
-    flags = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = ",".join(x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                                 if x in have)
-                break
+    """CPU flags and the dtype `auto` picks on this CPU, memory, NUMA nodes, free disk."""
     mem = Path("/proc/meminfo").read_text().split("\n")[2].split()[1]
     disks = " ".join(f"{p}:{shutil.disk_usage(p).free // 2**20}M"
                      for p in ("/tmp", "/dev/shm", ".") if os.path.exists(p))
     nodes = len(glob.glob("/sys/devices/system/node/node*"))
-    return (f"cpus={os.cpu_count()} affinity={len(os.sched_getaffinity(0))} flags={flags} "
-            f"mem_avail={int(mem) // 1024}M numa_nodes={nodes} free {disks}")
+    return (f"cpus={os.cpu_count()} affinity={len(os.sched_getaffinity(0))} "
+            f"{_hardware().describe_cpu()} mem_avail={int(mem) // 1024}M numa_nodes={nodes} "
+            f"free {disks}")
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--machine"]:  # the first line of every CI run
+        print(f"=== machine: {machine()}")
+        return
     print("=== digest ===")
     print(machine())
     found = glob.glob("/tmp/pytest-of-*/pytest-current/**/stack.log", recursive=True)

@@ -104,8 +104,9 @@ async def run_load(url: str, key: str, model: str, target: str, concurrency: int
                    duration: float, max_tokens: int) -> Result:
     result = Result(target, concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}  # a worker needs no key
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300,
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
+                                 headers=headers) as client:
         deadline = time.perf_counter() + duration
 
         async def user(i: int) -> None:

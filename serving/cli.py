@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from serving.config import Config, ConfigError, load_config
+from serving.config.hardware import AUTO, cpu_dtype, describe_cpu
 from serving.router.request_context import RequestIdFilter
 from serving.weights.prepare import PrepareError
 
@@ -65,6 +66,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         assert worker.args is not None
         print(f"# {name}: {worker.model} engine args: "
               f"{worker.args.model_dump(mode='json', exclude_defaults=True)}")
+        dtype = getattr(worker.args, "dtype", None)
+        if config.device == "cpu" and dtype == AUTO:
+            print(f"# {name}: dtype auto -> {cpu_dtype()} on this CPU ({describe_cpu()})")
     return 0
 
 

@@ -31,6 +31,14 @@ for var, sub in [("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "induc
 CHAT_MODEL = "smollm2-135m-instruct"
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The CPU a run had, and the dtype `auto` chose on it, next to its result: numerics and
+    speed differ between AVX2-only and AVX512 machines."""
+    from serving.config.hardware import describe_cpu
+
+    terminalreporter.write_line(f"cpu: {describe_cpu()}")
+
+
 def start_stack(tmp: Path, *configs: str, key: str | None = None) -> BackgroundStack:
     files = [ROOT / c for c in configs or ("configs/cpu.yaml",)]
     return start_background_stack(files, tmp, key=key)

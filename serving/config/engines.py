@@ -19,6 +19,8 @@ class VllmArgs(Strict):
     Anything else vLLM accepts can still be passed through `extra_args`.
     """
 
+    # `auto`: on CPU, bf16 only where the CPU computes it natively (AVX512-BF16/AMX), else
+    # float32 (serving.config.hardware); on CUDA, vLLM's own `auto` (the checkpoint's dtype).
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int | None = Field(default=None, ge=1)
@@ -44,7 +46,9 @@ class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
     pipeline: Literal["FluxPipeline", "WanPipeline"]
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
+    # float32 (serving.config.hardware).
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # Wan's VAE loses detail in bf16; diffusers' own examples keep it in float32.
     vae_dtype: Literal["bfloat16", "float16", "float32"] | None = None
     # GPU memory: "model" moves whole components to the GPU only while they run.

@@ -7,12 +7,16 @@ Run as `python -m vllm.entrypoints.openai.api_server` because that works for bot
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from serving.config import Config, VllmArgs, WorkerConfig
+from serving.config.hardware import AUTO, describe_cpu, resolve_dtype
 from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.weights.prepare import chat_template_path
+
+log = logging.getLogger("serving.launcher")
 
 
 def vllm_worker(
@@ -21,13 +25,17 @@ def vllm_worker(
     entry, args = worker.entry, worker.args
     assert entry is not None and isinstance(args, VllmArgs)
     caps = entry.capabilities
+    dtype = resolve_dtype(args.dtype, config.device)
+    if config.device == "cpu":
+        log.info("%s: dtype %s (%s, %s)", name, dtype,
+                 "auto" if args.dtype == AUTO else "set in the config", describe_cpu())
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path),
         "--served-model-name", entry.id,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--dtype", args.dtype,
+        "--dtype", dtype,
         # The router owns the public contract: usage details on, fingerprint and per-request
         # access logs off (the router logs requests, with ids).
         "--enable-prompt-tokens-details",

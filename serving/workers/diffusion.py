@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from serving.config.hardware import resolve_dtype
 from serving.protocol.images import SEED_MAX
 from serving.workers.spec import MediaWorkerSpec
 
@@ -23,9 +24,10 @@ def load_pipeline(spec: MediaWorkerSpec) -> Any:
     args = spec.args
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    dtype_name = resolve_dtype(args.dtype, spec.device, cuda_auto="bfloat16")
+    dtype = getattr(torch, dtype_name)
     extra: dict[str, Any] = {}
-    if args.vae_dtype and args.vae_dtype != args.dtype:
+    if args.vae_dtype and args.vae_dtype != dtype_name:
         vae_class = (diffusers.AutoencoderKLWan if args.pipeline == "WanPipeline"
                      else diffusers.AutoencoderKL)
         extra["vae"] = vae_class.from_pretrained(spec.model_path, subfolder="vae",
@@ -42,7 +44,8 @@ def load_pipeline(spec: MediaWorkerSpec) -> Any:
         if args.compile:
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
     pipe.set_progress_bar_config(disable=True)
-    log.info("%s: loaded %s from %s", spec.name, args.pipeline, spec.model_path)
+    log.info("%s: loaded %s (%s) from %s", spec.name, args.pipeline, dtype_name,
+             spec.model_path)
     return pipe
 
 

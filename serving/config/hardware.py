@@ -1,0 +1,61 @@
+"""What the machine can do, where it decides how a model runs.
+
+On CPU the right dtype depends on the CPU, not on the model: bf16 halves memory traffic, but
+only CPUs with native bf16 math (AVX512-BF16 or AMX) compute it; on an AVX2-only CPU vLLM and
+PyTorch emulate it (vLLM logs "Failed to create oneDNN linear, fallback to torch linear"), and
+float32 serves several times more tokens. Measured on a 2-core AVX2 machine with SmolLM2-135M
+(docs/performance.md): bf16 13.8 tok/s at 1 stream and 23.5 at 16, float32 18.9 and 86.9.
+
+So a config says `dtype: auto` (the default) and the launcher resolves it here, per machine;
+an explicit dtype in a config always wins.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+AUTO = "auto"
+# CPU features that make bf16 matrix math native rather than emulated.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is missing or has none)."""
+    try:
+        with cpuinfo.open() as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    return not NATIVE_BF16_FLAGS.isdisjoint(cpu_flags() if flags is None else flags)
+
+
+def cpu_dtype(flags: frozenset[str] | None = None) -> str:
+    """bf16 where the CPU computes it natively, float32 everywhere else."""
+    return "bfloat16" if cpu_has_native_bf16(flags) else "float32"
+
+
+def resolve_dtype(dtype: str, device: str, *, cuda_auto: str = AUTO,
+                  flags: frozenset[str] | None = None) -> str:
+    """The dtype a worker runs: `dtype` as configured unless it is `auto`.
+
+    `auto` on CPU follows the CPU's flags; on CUDA it is `cuda_auto` (vLLM's own `auto`, the
+    checkpoint's dtype; bf16 for diffusers, which has no such default).
+    """
+    if dtype != AUTO:
+        return dtype
+    return cpu_dtype(flags) if device == "cpu" else cuda_auto
+
+
+def describe_cpu(flags: frozenset[str] | None = None) -> str:
+    """One line for logs and CI: the vector extensions present and the dtype `auto` picks."""
+    flags = cpu_flags() if flags is None else flags
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"flags={','.join(shown) or 'none'} cpu_dtype={cpu_dtype(flags)}"
