@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from serving.config import Limits, load_config
 from serving.router.app import create_app
-from serving.router.auth import (
+from serving.router.keys import (
     KeyStore,
     ensure_generated_key,
     hash_key,

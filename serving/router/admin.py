@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from serving.errors import invalid_request
 from serving.ledger import GROUP_FIELDS, parse_since
-from serving.router.auth import require_admin
+from serving.router.keys import require_admin
 from serving.router.metrics import CONTENT_TYPE
 
 router = APIRouter()

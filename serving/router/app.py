@@ -14,18 +14,18 @@ from serving.errors import install_error_handlers
 from serving.ledger import Ledger, ledger_path
 from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
-from serving.router.auth import AuthMiddleware, KeyStore, Principal
 from serving.router.images import routes as image_routes
-from serving.router.limits import BodyLimitMiddleware
+from serving.router.keys import AuthMiddleware, KeyStore, Principal
 from serving.router.metering import Metering, MeteringMiddleware
 from serving.router.metrics import RouterMetrics
+from serving.router.middleware.body_size import BodyLimitMiddleware
+from serving.router.middleware.request_id import RequestContextMiddleware
 from serving.router.ratelimit import RateLimiter
 from serving.router.registry import Registry, Served
-from serving.router.request_context import RequestContextMiddleware
 from serving.router.text import routes as text_routes
 from serving.router.videos import routes as video_routes
-from serving.router.videos.service import VideoService
 from serving.router.workers import Worker
+from serving.video_jobs.service import VideoService
 
 
 def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal]) -> FastAPI:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import OpenAIError
 from serving.ledger import Ledger, UsageRecord
-from serving.router.auth import Principal
+from serving.router.keys import Principal
 from serving.router.metrics import RouterMetrics
 from serving.router.ratelimit import Decision, RateLimiter
 from serving.router.registry import Served

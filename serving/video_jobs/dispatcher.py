@@ -15,8 +15,8 @@ import logging
 
 import httpx
 
-from serving.router.videos.store import Job, JobStore
 from serving.router.workers import Worker
+from serving.video_jobs.store import Job, JobStore
 
 log = logging.getLogger("serving.router.videos")
 

@@ -25,8 +25,8 @@ from serving.protocol.audio import (
 )
 from serving.router.json_body import StrictJSONRoute
 from serving.router.metering import meter
+from serving.router.middleware.request_id import worker_request_id
 from serving.router.registry import Served
-from serving.router.request_context import worker_request_id
 from serving.router.workers import upstream_error
 
 router = APIRouter(route_class=StrictJSONRoute)

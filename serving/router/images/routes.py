@@ -10,7 +10,7 @@ from serving.config import Modality
 from serving.protocol.images import ImageGenerationRequest, resolve_image_request
 from serving.router.json_body import StrictJSONRoute
 from serving.router.metering import CLIENT_CLOSED, meter
-from serving.router.request_context import worker_request_id
+from serving.router.middleware.request_id import worker_request_id
 from serving.router.workers import upstream_error
 
 router = APIRouter(route_class=StrictJSONRoute)

@@ -14,15 +14,15 @@ from starlette.responses import Response
 
 from serving.config import Modality
 from serving.errors import invalid_request
-from serving.router.json_body import StrictJSONRoute
-from serving.router.registry import Registry, Served
-from serving.router.request_context import worker_request_id
-from serving.router.text.protocol import (
+from serving.protocol.chat import (
     CHAT_IGNORED,
     COMPLETION_IGNORED,
     ChatCompletionRequest,
     CompletionRequest,
 )
+from serving.router.json_body import StrictJSONRoute
+from serving.router.middleware.request_id import worker_request_id
+from serving.router.registry import Registry, Served
 from serving.router.text.proxy import forward
 
 router = APIRouter(route_class=StrictJSONRoute)

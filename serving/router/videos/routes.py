@@ -22,7 +22,7 @@ from serving.protocol.images import random_seed
 from serving.protocol.videos import VideoCreateRequest, resolve_video_request
 from serving.router.json_body import loads
 from serving.router.metering import meter
-from serving.router.videos.store import ID_PATTERN, Job, JobStore
+from serving.video_jobs.store import ID_PATTERN, Job, JobStore
 
 router = APIRouter()
 
