@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from serving.config import Limits, load_config
 from serving.router.app import create_app
+from serving.router.context import Meter
 from serving.router.keys import (
     KeyStore,
     ensure_generated_key,
@@ -19,7 +20,6 @@ from serving.router.keys import (
     keys_from_env,
     principals,
 )
-from serving.router.metering import Meter
 from serving.router.text.proxy import _relay
 from serving.router.usage import normalize_usage
 
@@ -126,8 +126,7 @@ async def relay(pieces: list[bytes], include_usage: bool, stop_after: int | None
         for piece in pieces:
             yield piece
 
-    (key,) = principals(keys_from_env({"SERVING_API_KEYS": KEY}), Limits())
-    m = Meter(endpoint="/v1/chat/completions", key=key)
+    m = Meter(endpoint="/v1/chat/completions")
     response = httpx.Response(200, content=body())
     out = []
     stream = _relay(response, include_usage, True, m)
