@@ -209,3 +209,32 @@ def test_a_rate_limit_store_that_is_down_does_not_fail_requests(tmp_path: Path):
                           "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable"
     assert "x-ratelimit-limit-requests" not in r.headers
+
+
+def test_one_validation_error_mapper_for_json_bodies_and_forms():
+    """A JSON body's errors and a multipart form's read the same: the field in `param`, the
+    message without pydantic's "Value error, " prefix."""
+    from pydantic import ValidationError
+    from starlette.datastructures import FormData
+
+    from serving.errors import OpenAIError, validation_error
+    from serving.protocol.audio import transcription_fields
+    from serving.protocol.chat import ChatCompletionRequest
+
+    with pytest.raises(ValidationError) as chat:
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+             "tool_choice": "required"})
+    error = validation_error([{**e, "loc": ("body", *e["loc"])} for e in chat.value.errors()])
+    assert error.status == 400 and error.code == "invalid_value"
+    assert error.message == "tool_choice 'required' needs 'tools'"
+
+    def form(**fields) -> OpenAIError:
+        with pytest.raises(OpenAIError) as e:
+            transcription_fields(FormData([("model", "stt"), *fields.items()]))
+        return e.value
+
+    assert form(temperature="2").param == "temperature"
+    assert form(**{"timestamp_granularities[]": "hour"}).param == "timestamp_granularities[]"
+    unknown = form(colour="red")
+    assert (unknown.param, unknown.code) == ("colour", "unknown_parameter")
