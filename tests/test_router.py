@@ -238,3 +238,19 @@ def test_one_validation_error_mapper_for_json_bodies_and_forms():
     assert form(**{"timestamp_granularities[]": "hour"}).param == "timestamp_granularities[]"
     unknown = form(colour="red")
     assert (unknown.param, unknown.code) == ("colour", "unknown_parameter")
+
+
+def test_request_context_ids_and_admin_dependency(tmp_path: Path):
+    from serving.router.context import Meter, RequestContext
+
+    ours = RequestContext("req_abc", client_sent_id=False, meter=Meter(endpoint="/"))
+    assert ours.worker_request_id() == "req_abc"
+    theirs = RequestContext("trace-1", client_sent_id=True, meter=Meter(endpoint="/"))
+    first, second = theirs.worker_request_id(), theirs.worker_request_id()
+    assert first.startswith("trace-1-") and second.startswith("trace-1-") and first != second
+
+    client = router(tmp_path)
+    r = client.get("/v1/usage", headers={"x-request-id": "trace-2"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
+    assert r.headers["x-request-id"] == "trace-2"
+    assert client.get("/metrics").status_code == 403
