@@ -43,8 +43,10 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        client_sent = sent is not None and _SANE_ID.match(sent) is not None
-        rid = sent.decode() if client_sent else new_request_id()  # type: ignore[union-attr]
+        if sent is not None and _SANE_ID.match(sent):
+            rid, client_sent = sent.decode(), True
+        else:
+            rid, client_sent = new_request_id(), False
         ctx = open_context(scope, rid, client_sent)
         token = request_id_var.set(rid)
         start = time.perf_counter()
