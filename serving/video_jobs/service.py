@@ -12,7 +12,7 @@ from serving.router.registry import Served
 from serving.video_jobs.dispatcher import Dispatcher
 from serving.video_jobs.store import JobStore
 
-log = logging.getLogger("serving.router.videos")
+log = logging.getLogger("serving.video_jobs")
 
 PURGE_EVERY_S = 60.0
 
