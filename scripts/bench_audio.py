@@ -22,8 +22,7 @@ from pathlib import Path
 
 import av
 import httpx
-
-from serving.launcher.background import start_background_stack
+from harness import start_background_stack
 
 SHORT = "The quick brown fox jumps over the lazy dog."
 LONG = " ".join([

@@ -154,8 +154,9 @@ def main() -> int:
 
     stack = None
     if args.config:
+        from harness import start_background_stack
+
         from serving.config import load_config
-        from serving.launcher.background import start_background_stack
 
         # Only the chat worker runs: the others would only compete for the cores.
         workers = load_config(args.config).workers

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from serving.launcher.background import start_background_stack
+from harness import start_background_stack
 
 
 def pct(values: list[float], q: float) -> float:

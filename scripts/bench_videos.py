@@ -18,8 +18,7 @@ from pathlib import Path
 
 import av
 import httpx
-
-from serving.launcher.background import start_background_stack
+from harness import start_background_stack
 
 
 def main() -> int:

@@ -522,8 +522,9 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def start_stack(configs: list[Path], disable: set[str], rpm: int | None):
+    from harness import start_background_stack
+
     from serving.config import load_config
-    from serving.launcher.background import start_background_stack
 
     workers = load_config(configs).workers
     workdir = Path(tempfile.mkdtemp(prefix="load-"))

@@ -19,7 +19,7 @@ import yaml
 
 from serving.config import Config, ConfigError, load_config
 from serving.config.hardware import AUTO, cpu_dtype, describe_cpu
-from serving.router.request_context import RequestIdFilter
+from serving.router.middleware.request_id import RequestIdFilter
 from serving.weights.prepare import PrepareError
 
 
@@ -119,7 +119,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from serving.config import ApiKey
-    from serving.router.auth import generate_key, hash_key
+    from serving.router.keys import generate_key, hash_key
 
     key = generate_key()
     entry: dict[str, object] = {"name": args.name, "sha256": hash_key(key)}

@@ -86,21 +86,24 @@ def param_path(loc: Sequence[str | int]) -> str:
     for i, part in enumerate(loc):
         if i == 0 and part in ("body", "query", "path", "header"):
             continue
+        if isinstance(part, int) and out.endswith("[]"):
+            continue  # a repeated form field (`include[]`) is named as the client sent it
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 # pydantic unions report one error per member, tagged with the member's name ('str',
-# 'list[...]', a model name) or a validator's function name; those tags are not request fields.
+# 'list[...]', a model name) or a validator's function name; those tags are not request fields
+# (a form field named like `include[]` is one).
 def _is_schema_tag(part: str | int) -> bool:
     return isinstance(part, str) and (
-        part[:1].isupper() or "[" in part or part in ("str", "int", "float", "bool", "none")
-        or part.startswith("function-")
+        part[:1].isupper() or ("[" in part and not part.endswith("[]"))
+        or part in ("str", "int", "float", "bool", "none") or part.startswith("function-")
     )
 
 
-def _validation_error(exc: RequestValidationError) -> OpenAIError:
-    errors = exc.errors()
+def validation_error(errors: Sequence[Any]) -> OpenAIError:
+    """pydantic's errors (a JSON body's, a query's or a form's) as one 400 naming the field."""
     # Report the error whose location is the most specific; union members repeat one another.
     err = max(errors, key=lambda e: len([p for p in e["loc"] if not _is_schema_tag(p)]))
     loc = [p for p in err["loc"] if not _is_schema_tag(p)]
@@ -124,8 +127,9 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
         return invalid_request(f"Missing required parameter: '{param}'.", param=param,
                                code="missing_required_parameter")
     msg = err["msg"].removeprefix("Value error, ")
-    return invalid_request(f"Invalid value for '{param}': {msg}", param=param,
-                           code="invalid_value")
+    # A check across fields (a model validator) names no single one.
+    return invalid_request(f"Invalid value for '{param}': {msg}" if param else msg,
+                           param=param, code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -135,7 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+        return validation_error(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-
-from serving.launcher.background import BackgroundStack, start_background_stack
+from harness import BackgroundStack, start_background_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test"

@@ -6,11 +6,13 @@ models: what one says the other must hear.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import re
 import time
+import wave
 
 import av
 import httpx
@@ -124,6 +126,77 @@ def test_streamed_transcription_events(http, client):
     assert events[0]["type"] == "transcript.text.delta"
     assert events[-1]["type"] == "transcript.text.done"
     assert wer(FOX, events[-1]["text"]) <= 0.2
+
+
+def _transcription_metrics(stack) -> dict[str, float]:
+    text = httpx.get(stack.worker_url("transcription") + "/metrics").text
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.splitlines()
+             if line.startswith("serving_transcriptions_"))}
+
+
+def _wait_for(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _long_clip(http) -> bytes:
+    """About ten minutes of speech as a 16 kHz wav (~20 MB): Whisper needs many seconds for
+    it even on a fast machine, so the test sees it running and leaves long before its end."""
+    text = " ".join([FOX.capitalize() + "."] * 90)
+    r = http.post("/v1/audio/speech", json={"model": TTS, "voice": "alloy", "input": text,
+                                            "response_format": "pcm"})
+    assert r.status_code == 200
+    samples = np.frombuffer(r.content, "<i2").astype(np.float32)
+    at_16k = np.interp(np.arange(0, len(samples), 1.5), np.arange(len(samples)), samples)
+    pcm = np.tile(at_16k.astype("<i2"), 2)
+    assert len(pcm) / 16000 > 5 * 60 and len(pcm) * 2 < 24 * 1000 * 1000
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def _left_early(stack) -> int:
+    r = httpx.get(stack.base_url + "/v1/usage", params={"by": "key,endpoint,status"},
+                  headers={"Authorization": f"Bearer {stack.admin_key}"})
+    return sum(row["requests"] for row in r.json()["data"] if row["key"] == "env-1"
+               and row["endpoint"] == "/v1/audio/transcriptions" and row["status"] == 499)
+
+
+def test_client_disconnect_stops_the_transcription(stack, http):
+    """A client that leaves frees the transcription worker: Whisper stops at the end of the
+    segment in progress instead of transcribing the rest of the clip, and the router meters
+    the request as a 499."""
+    clip = _long_clip(http)
+    before = _transcription_metrics(stack)
+    assert before["serving_transcriptions_running"] == 0
+    left = _left_early(stack)
+
+    def running() -> float:
+        return _transcription_metrics(stack)["serving_transcriptions_running"]
+
+    async def leave_while_it_runs() -> None:
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=600,
+                                     headers={"Authorization": f"Bearer {stack.key}"}) as c:
+            request = asyncio.create_task(c.post(
+                "/v1/audio/transcriptions", files={"file": ("long.wav", clip)},
+                data={"model": STT}))
+            await asyncio.to_thread(_wait_for, lambda: running() == 1, "the transcription")
+            assert not request.done()
+            request.cancel()  # closes the connection
+
+    asyncio.run(leave_while_it_runs())
+    _wait_for(lambda: running() == 0, "the worker to stop")
+    after = _transcription_metrics(stack)
+    assert after["serving_transcriptions_cancelled_total"] == (
+        before["serving_transcriptions_cancelled_total"] + 1)
+    _wait_for(lambda: _left_early(stack) == left + 1, "the 499 in the ledger")
 
 
 def test_streaming_speech_sends_audio_before_the_end(stack):

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import requests
+from harness import BackgroundStack
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from serving.launcher.background import BackgroundStack
 from tests.conftest import CHAT_MODEL, validate_openai
 
 pytestmark = pytest.mark.e2e

@@ -17,10 +17,10 @@ import httpx
 import openai
 import pytest
 import redis
+from harness import BackgroundStack, start_background_stack
 
-from serving.launcher.background import BackgroundStack, start_background_stack
 from serving.launcher.stack import free_port
-from serving.router.auth import hash_key
+from serving.router.keys import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ import av
 import httpx
 import openai
 import pytest
+from harness import BackgroundStack
 
-from serving.launcher.background import BackgroundStack
 from tests.conftest import CHAT_MODEL, start_stack, validate_openai
 
 pytestmark = pytest.mark.e2e

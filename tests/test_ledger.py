@@ -27,7 +27,7 @@ from serving.ledger import (
     parse_since,
     query_totals,
 )
-from serving.router.auth import hash_key
+from serving.router.keys import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens",

@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 
 from serving.config import Limits, load_config
 from serving.router.app import create_app
-from serving.router.auth import (
+from serving.router.context import Meter
+from serving.router.keys import (
     KeyStore,
     ensure_generated_key,
     hash_key,
     keys_from_env,
     principals,
 )
-from serving.router.metering import Meter
 from serving.router.text.proxy import _relay
 from serving.router.usage import normalize_usage
 
@@ -126,8 +126,7 @@ async def relay(pieces: list[bytes], include_usage: bool, stop_after: int | None
         for piece in pieces:
             yield piece
 
-    (key,) = principals(keys_from_env({"SERVING_API_KEYS": KEY}), Limits())
-    m = Meter(endpoint="/v1/chat/completions", key=key)
+    m = Meter(endpoint="/v1/chat/completions")
     response = httpx.Response(200, content=body())
     out = []
     stream = _relay(response, include_usage, True, m)
@@ -210,3 +209,48 @@ def test_a_rate_limit_store_that_is_down_does_not_fail_requests(tmp_path: Path):
                           "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable"
     assert "x-ratelimit-limit-requests" not in r.headers
+
+
+def test_one_validation_error_mapper_for_json_bodies_and_forms():
+    """A JSON body's errors and a multipart form's read the same: the field in `param`, the
+    message without pydantic's "Value error, " prefix."""
+    from pydantic import ValidationError
+    from starlette.datastructures import FormData
+
+    from serving.errors import OpenAIError, validation_error
+    from serving.protocol.audio import transcription_fields
+    from serving.protocol.chat import ChatCompletionRequest
+
+    with pytest.raises(ValidationError) as chat:
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+             "tool_choice": "required"})
+    error = validation_error([{**e, "loc": ("body", *e["loc"])} for e in chat.value.errors()])
+    assert error.status == 400 and error.code == "invalid_value"
+    assert error.message == "tool_choice 'required' needs 'tools'"
+
+    def form(**fields) -> OpenAIError:
+        with pytest.raises(OpenAIError) as e:
+            transcription_fields(FormData([("model", "stt"), *fields.items()]))
+        return e.value
+
+    assert form(temperature="2").param == "temperature"
+    assert form(**{"timestamp_granularities[]": "hour"}).param == "timestamp_granularities[]"
+    unknown = form(colour="red")
+    assert (unknown.param, unknown.code) == ("colour", "unknown_parameter")
+
+
+def test_request_context_ids_and_admin_dependency(tmp_path: Path):
+    from serving.router.context import Meter, RequestContext
+
+    ours = RequestContext("req_abc", client_sent_id=False, meter=Meter(endpoint="/"))
+    assert ours.worker_request_id() == "req_abc"
+    theirs = RequestContext("trace-1", client_sent_id=True, meter=Meter(endpoint="/"))
+    first, second = theirs.worker_request_id(), theirs.worker_request_id()
+    assert first.startswith("trace-1-") and second.startswith("trace-1-") and first != second
+
+    client = router(tmp_path)
+    r = client.get("/v1/usage", headers={"x-request-id": "trace-2"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
+    assert r.headers["x-request-id"] == "trace-2"
+    assert client.get("/metrics").status_code == 403

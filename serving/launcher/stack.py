@@ -22,7 +22,7 @@ from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
 from serving.router.admin import metrics_only_app
 from serving.router.app import create_app
-from serving.router.auth import (
+from serving.router.keys import (
     Principal,
     UnresolvedKey,
     configured_keys,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.config.catalog import SpeechOptions, TranscriptionOptions
-from serving.errors import OpenAIError, invalid_request
+from serving.errors import OpenAIError, invalid_request, validation_error
 from serving.media.audio import FORMATS, AudioFormat
 
 # The transcription worker tells the router how long the upload was (for the usage ledger)
@@ -114,16 +114,7 @@ def transcription_fields(form: Any) -> TranscriptionFields:
     try:
         return TranscriptionFields.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = str(err["loc"][0]) if err["loc"] else None
-        if err["type"] == "extra_forbidden":
-            raise invalid_request(f"Unrecognized request argument supplied: {param}",
-                                  param=param, code="unknown_parameter") from None
-        if err["type"] == "missing":
-            raise invalid_request(f"Missing required parameter: '{param}'.", param=param,
-                                  code="missing_required_parameter") from None
-        raise invalid_request(f"Invalid value for '{param}': {err['msg']}", param=param,
-                              code="invalid_value") from None
+        raise validation_error(e.errors()) from None
 
 
 def check_audio_file(form: Any, options: TranscriptionOptions) -> Any:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
 from serving.errors import invalid_request
 from serving.ledger import GROUP_FIELDS, parse_since
-from serving.router.auth import require_admin
+from serving.router.dependencies import AdminCtx, MeteringDep, Services, ServicesDep, services_of
 from serving.router.metrics import CONTENT_TYPE
 
 router = APIRouter()
@@ -33,17 +33,17 @@ def _time(value: str | None, param: str) -> float | None:
 
 @router.get("/v1/usage")
 async def usage(
-    request: Request,
+    _: AdminCtx,
+    metering: MeteringDep,
     since: str | None = Query(default=None, description="24h, 7d, an ISO time, or unix s"),
     until: str | None = None,
     by: str = Query(default="", description="Comma-separated: " + ", ".join(GROUP_FIELDS)),
 ) -> dict[str, Any]:
-    require_admin(request.state)
     fields = [f.strip() for f in by.split(",") if f.strip()]
     if unknown := [f for f in fields if f not in GROUP_FIELDS]:
         raise invalid_request(f"Cannot group usage by {unknown[0]!r}; use any of "
                               f"{', '.join(GROUP_FIELDS)}.", param="by", code="invalid_value")
-    ledger = request.app.state.metering.ledger
+    ledger = metering.ledger
     start, end = _time(since, "since"), _time(until, "until")
 
     def read() -> list[dict[str, Any]]:
@@ -54,22 +54,20 @@ async def usage(
             "data": await asyncio.to_thread(read)}
 
 
-async def _metrics(app: FastAPI) -> Response:
-    state = app.state
-    body = await state.metering.metrics.render(state.workers, state.vllm_workers)
+async def _metrics(services: Services) -> Response:
+    body = await services.metering.metrics.render(services.workers, services.vllm_workers)
     return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    require_admin(request.state)
-    return await _metrics(request.app)
+async def metrics(_: AdminCtx, services: ServicesDep) -> Response:
+    return await _metrics(services)
 
 
 def metrics_only_app(app: FastAPI) -> Starlette:
     """The same metrics with no key, for `router.metrics_port`."""
 
     async def endpoint(_: Any) -> Response:
-        return await _metrics(app)
+        return await _metrics(services_of(app))
 
     return Starlette(routes=[Route("/metrics", endpoint)])

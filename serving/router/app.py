@@ -9,23 +9,28 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from serving.cancel import ClientDisconnected
 from serving.config import Config, Modality
 from serving.errors import install_error_handlers
 from serving.ledger import Ledger, ledger_path
 from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
-from serving.router.auth import AuthMiddleware, KeyStore, Principal
+from serving.router.call_worker import client_closed
+from serving.router.dependencies import Services, install_services
 from serving.router.images import routes as image_routes
-from serving.router.limits import BodyLimitMiddleware
-from serving.router.metering import Metering, MeteringMiddleware
+from serving.router.keys import KeyStore, Principal
+from serving.router.metering import Metering
 from serving.router.metrics import RouterMetrics
+from serving.router.middleware.auth import AuthMiddleware
+from serving.router.middleware.body_size import BodySizeLimitMiddleware
+from serving.router.middleware.metering import MeteringMiddleware
+from serving.router.middleware.request_id import RequestIdMiddleware
 from serving.router.ratelimit import RateLimiter
 from serving.router.registry import Registry, Served
-from serving.router.request_context import RequestContextMiddleware
 from serving.router.text import routes as text_routes
 from serving.router.videos import routes as video_routes
-from serving.router.videos.service import VideoService
 from serving.router.workers import Worker
+from serving.video_jobs.service import VideoService
 
 
 def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal]) -> FastAPI:
@@ -70,16 +75,15 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
         docs_url=None,
         redoc_url=None,
     )
-    app.state.config = config
-    app.state.registry = registry
-    app.state.workers = workers
-    app.state.videos = videos
-    app.state.metering = metering
-    app.state.vllm_workers = {name for name, w in config.workers.items()
-                              if w.entry is not None and w.entry.engine == "vllm"}
-    app.state.created = int(time.time())
+    install_services(app, Services(
+        config=config, registry=registry, workers=workers, metering=metering, videos=videos,
+        vllm_workers=frozenset(name for name, w in config.workers.items()
+                               if w.entry is not None and w.entry.engine == "vllm"),
+        created=int(time.time()),
+    ))
 
     install_error_handlers(app)
+    app.add_exception_handler(ClientDisconnected, client_closed)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(text_routes.router)
@@ -89,10 +93,11 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
     app.include_router(admin.router)
     app.include_router(unsupported.router)
 
-    # Added innermost first: request context (ids, access log) wraps CORS, which wraps auth,
-    # so CORS preflights (which carry no key) are answered before auth sees them; metering
-    # sees every request auth let through, to its last byte.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=router_config.max_body_bytes,
+    # Added innermost first: the request id (which opens the request's context and writes the
+    # access log) wraps CORS, which wraps auth, so CORS preflights (which carry no key) are
+    # answered before auth sees them; metering sees every request auth let through, to its
+    # last byte.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=router_config.max_body_bytes,
                        exempt=("/v1/audio/transcriptions",))
     app.add_middleware(MeteringMiddleware, metering=metering)
     app.add_middleware(AuthMiddleware, keys=KeyStore(keys))
@@ -104,5 +109,5 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id"],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from serving.errors import OpenAIError
+from serving.router.dependencies import ServicesDep
 
 router = APIRouter()
 
@@ -18,8 +19,8 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
-    workers = request.app.state.workers
+async def ready(services: ServicesDep) -> JSONResponse:
+    workers = services.workers
     states = await asyncio.gather(*(w.healthy() for w in workers.values()))
     status = {name: "up" if ok else "down" for name, ok in zip(workers, states, strict=True)}
     down = [name for name, state in status.items() if state == "down"]

@@ -1,11 +1,11 @@
 """Admission and metering, the same for every endpoint.
 
-A route calls `admit` once it knows the model and what the request may cost: the model's cap
-on requests in flight (503 at once past it, never an unbounded queue) and the key's rate limits
-(429) are checked there. `MeteringMiddleware` sees every authenticated request through to its
-last byte, a streamed one included, and then settles the reserved tokens against the actual
-usage, frees the in-flight slot, appends the ledger record and counts the metrics. Routes only
-fill in the request's `Meter`.
+`call_worker` admits a request once its route knows the model and what the request may cost:
+the model's cap on requests in flight (503 at once past it, never an unbounded queue) and the
+key's rate limits (429) are checked there. `middleware/metering.py` sees every authenticated
+request through to its last byte, a streamed one included, and then `finish` settles the
+reserved tokens against the actual usage, frees the in-flight slot, appends the ledger record
+and counts the metrics. Routes only fill in the request's `Meter` (`context.py`).
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from serving.errors import OpenAIError
 from serving.ledger import Ledger, UsageRecord
-from serving.router.auth import Principal
+from serving.router.context import RequestContext
 from serving.router.metrics import RouterMetrics
 from serving.router.ratelimit import Decision, RateLimiter
 from serving.router.registry import Served
@@ -30,36 +27,6 @@ log = logging.getLogger("serving.router")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer was complete
 OVERLOAD_RETRY_AFTER_S = 1
-
-
-@dataclass
-class Meter:
-    """What one request used, filled in by its route and read when it ends."""
-
-    endpoint: str
-    key: Principal
-    start: float = field(default_factory=time.perf_counter)
-    model: str = "-"
-    usage: dict[str, Any] = field(default_factory=dict)  # as the client sees it (normalised)
-    images: int = 0
-    characters: int = 0
-    audio_seconds: float = 0.0
-    video_seconds: float = 0.0
-    reserved_tokens: int = 0  # held in the key's tokens bucket until the request ends
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
-    first_token_at: float | None = None
-    # A streamed answer that ends before its last event: the client left (or the worker did).
-    incomplete: bool = False
-    status_override: int | None = None
-    _served: Served | None = None  # set once admitted: it holds one of the model's slots
-
-    def first_token(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-
-
-def meter(request: Request) -> Meter:
-    return request.scope["state"]["meter"]
 
 
 class InFlight:
@@ -88,11 +55,12 @@ class Metering:
         self.caps = caps  # worker name -> max requests in flight
         self.in_flight = InFlight()
 
-    async def admit(self, request: Request, served: Served, tokens: int = 0) -> None:
+    async def admit(self, ctx: RequestContext, served: Served, endpoint: str,
+                    tokens: int = 0) -> None:
         """Let the request in, or raise the 503 (model at capacity) or 429 (rate limit)."""
-        m = meter(request)
-        key = m.key
-        m.endpoint = _endpoint(request.scope)
+        m, key = ctx.meter, ctx.key
+        assert key is not None  # only authenticated requests reach a route that admits
+        m.endpoint = endpoint
         m.model = served.entry.id
         name = served.worker.name
         if not self.in_flight.try_acquire(name, self.caps.get(name, math.inf)):
@@ -117,24 +85,26 @@ class Metering:
                                   type=kind, code="rate_limit_exceeded", headers=headers)
             m.reserved_tokens = tokens
             m.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        m._served = served
+        m.served = served
         self.metrics.in_flight.labels(m.endpoint, m.model).inc()
 
-    async def finish(self, m: Meter, request_id: str, status: int) -> None:
+    async def finish(self, ctx: RequestContext, status: int) -> None:
         """Runs once per request, after its last byte (or its client's departure)."""
+        m, key = ctx.meter, ctx.key
+        assert key is not None
         if m.incomplete and status < 400:
             status = m.status_override or CLIENT_CLOSED
         latency = time.perf_counter() - m.start
         usage = m.usage
         prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        if m._served is not None:
-            self.in_flight.release(m._served.worker.name)
+        if m.served is not None:
+            self.in_flight.release(m.served.worker.name)
             self.metrics.in_flight.labels(m.endpoint, m.model).dec()
         if m.reserved_tokens:
             actual = prompt + completion
             try:
-                await self.limiter.settle(m.key.name, m.key.limits, actual - m.reserved_tokens)
+                await self.limiter.settle(key.name, key.limits, actual - m.reserved_tokens)
             except Exception:  # a store hiccup must not lose the ledger record below
                 log.exception("could not settle rate-limit tokens")
         self.metrics.requests.labels(m.endpoint, m.model, str(status)).inc()
@@ -146,7 +116,7 @@ class Metering:
             if completion > 1 and decode_s > 0:
                 self.metrics.tokens_per_s.labels(m.model).observe((completion - 1) / decode_s)
         self.ledger.append(UsageRecord(
-            ts=time.time(), request_id=request_id, key_name=m.key.name, model=m.model,
+            ts=time.time(), request_id=ctx.request_id, key_name=key.name, model=m.model,
             endpoint=m.endpoint, status=status, prompt_tokens=prompt,
             completion_tokens=completion,
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
@@ -164,38 +134,7 @@ def _limit_message(decision: Decision, kind: str, tokens: int, headers: dict[str
             f"{headers.get('Retry-After', '1')} s.")
 
 
-class MeteringMiddleware:
-    """Wraps every authenticated /v1/ request; sits inside auth, which sets the key."""
-
-    def __init__(self, app: ASGIApp, metering: Metering):
-        self.app = app
-        self.metering = metering
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope.get("state", {})
-        key = state.get("key")
-        if scope["type"] != "http" or key is None:
-            return await self.app(scope, receive, send)
-        m = state["meter"] = Meter(endpoint=scope["path"], key=key)
-        status = 500
-
-        async def send_with_limits(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if m.headers:
-                    message["headers"] = [*message.get("headers", []), *m.headers]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_limits)
-        finally:
-            m.endpoint = _endpoint(scope)
-            state["usage"] = m.usage  # for the access log
-            await self.metering.finish(m, state.get("request_id", "-"), status)
-
-
-def _endpoint(scope: Scope) -> str:
+def endpoint_label(scope: Scope) -> str:
     """The route's path template, so `/v1/videos/{id}` is one label, not one per job (and a
     path no route matched is one label, whatever a scanner tries)."""
     return getattr(scope.get("route"), "path", None) or "unmatched"

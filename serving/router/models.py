@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from serving.config import Modality, ModelEntry
 from serving.errors import model_not_found
-from serving.router.registry import Registry, Served
+from serving.router.dependencies import Ctx, ServicesDep
+from serving.router.registry import Served
 
 router = APIRouter()
 
@@ -47,32 +48,26 @@ def _catalog_object(served: Served, created: int) -> dict[str, Any]:
     return item
 
 
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
-
-
 @router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    created = request.app.state.created
+async def list_models(ctx: Ctx, services: ServicesDep) -> dict[str, Any]:
     data = [
-        _model_object(s.entry, created)
-        for s in _registry(request).visible(request.state.key)
+        _model_object(s.entry, services.created)
+        for s in services.registry.visible(ctx.key)
         if s.entry.modality == Modality.chat
     ]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id}")
-async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    served = _registry(request).get(model_id)
+async def retrieve_model(model_id: str, ctx: Ctx, services: ServicesDep) -> dict[str, Any]:
+    served = services.registry.get(model_id)
     if (served is None or served.entry.modality != Modality.chat
-            or not request.state.key.may_use(*served.entry.names())):
+            or (ctx.key is not None and not ctx.key.may_use(*served.entry.names()))):
         raise model_not_found(model_id)
-    return _model_object(served.entry, request.app.state.created)
+    return _model_object(served.entry, services.created)
 
 
 @router.get("/v1/catalog")
-async def catalog(request: Request) -> dict[str, Any]:
-    created = request.app.state.created
-    data = [_catalog_object(s, created) for s in _registry(request).visible(request.state.key)]
+async def catalog(ctx: Ctx, services: ServicesDep) -> dict[str, Any]:
+    data = [_catalog_object(s, services.created) for s in services.registry.visible(ctx.key)]
     return {"object": "list", "data": data}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from serving.config import Modality, ModelEntry
 from serving.errors import OpenAIError, model_not_found
-from serving.router.auth import Principal
+from serving.router.keys import Principal
 from serving.router.workers import Worker
 
 

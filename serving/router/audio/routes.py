@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 from fastapi import APIRouter, Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response, StreamingResponse
@@ -23,11 +24,10 @@ from serving.protocol.audio import (
     resolve_transcription,
     transcription_fields,
 )
+from serving.router.call_worker import CallWorker
+from serving.router.context import Meter
+from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
-from serving.router.metering import meter
-from serving.router.registry import Served
-from serving.router.request_context import worker_request_id
-from serving.router.workers import upstream_error
 
 router = APIRouter(route_class=StrictJSONRoute)
 
@@ -35,15 +35,8 @@ router = APIRouter(route_class=StrictJSONRoute)
 FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
-async def _relay(request: Request, served: Served, path: str, **send) -> Response:
-    response = await served.worker.send(
-        path, headers={"X-Request-Id": worker_request_id(request.scope)}, stream=True,
-        timeout=request.app.state.config.router.timeouts.audio_s, **send)
-    if response.status_code != 200:
-        await response.aread()
-        await response.aclose()
-        raise upstream_error(response)
-    m = meter(request)
+def _relay(response: httpx.Response, m: Meter) -> Response:
+    """The worker's answer, passed on as it arrives."""
     m.audio_seconds = float(response.headers.get(AUDIO_SECONDS_HEADER) or 0)
 
     async def body() -> AsyncIterator[bytes]:
@@ -57,16 +50,17 @@ async def _relay(request: Request, served: Served, path: str, **send) -> Respons
 
 
 @router.post("/v1/audio/speech")
-async def create_speech(body: SpeechRequest, request: Request) -> Response:
-    served = request.app.state.registry.resolve(body.model, Modality.speech,
-                                                "/v1/audio/speech", request.state.key)
+async def create_speech(body: SpeechRequest, ctx: Ctx, registry: RegistryDep,
+                        config: ConfigDep, call: CallWorker) -> Response:
+    served = registry.resolve(body.model, Modality.speech, "/v1/audio/speech", ctx.key)
     assert served.entry.speech is not None
     resolve_speech_request(body, served.entry.speech)
-    await request.app.state.metering.admit(request, served)
-    meter(request).characters = len(body.input)
     upstream = body.model_dump(exclude_none=True)
     upstream["model"] = served.entry.id
-    return await _relay(request, served, "/v1/audio/speech", body=upstream)
+    response = await call(served, "/v1/audio/speech", upstream, stream=True,
+                          timeout=config.router.timeouts.audio_s)
+    ctx.meter.characters = len(body.input)
+    return _relay(response, ctx.meter)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -86,8 +80,8 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 @router.post("/v1/audio/transcriptions")
-async def create_transcription(request: Request) -> Response:
-    registry = request.app.state.registry
+async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep,
+                               config: ConfigDep, call: CallWorker) -> Response:
     limit = max((s.entry.transcription.max_file_bytes for s in registry.served
                  if s.entry.transcription is not None), default=0) + FORM_OVERHEAD_BYTES
     raw = await _read_capped(request, limit)
@@ -107,14 +101,16 @@ async def create_transcription(request: Request) -> Response:
     try:
         fields = transcription_fields(form)
         served = registry.resolve(fields.model, Modality.transcription,
-                                  "/v1/audio/transcriptions", request.state.key)
+                                  "/v1/audio/transcriptions", ctx.key)
         options = served.entry.transcription
         check_audio_file(form, options)
         resolve_transcription(fields, options)
     finally:
         await form.close()
-    await request.app.state.metering.admit(request, served)
-    # The worker gets the upload as it came; it knows its model by any of its names.
-    return await _relay(request, served, "/v1/audio/transcriptions", content=raw,
-                        content_type=content_type)
+    # The worker gets the upload as it came; it knows its model by any of its names. A
+    # transcription answers once it is done: a client that leaves before cancels it.
+    response = await call(served, "/v1/audio/transcriptions", content=raw,
+                          content_type=content_type, stream=True,
+                          timeout=config.router.timeouts.audio_s)
+    return _relay(response, ctx.meter)
 

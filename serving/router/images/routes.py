@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from serving.cancel import ClientDisconnected, unless_disconnected
 from serving.config import Modality
 from serving.protocol.images import ImageGenerationRequest, resolve_image_request
+from serving.router.call_worker import CallWorker
+from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
-from serving.router.metering import CLIENT_CLOSED, meter
-from serving.router.request_context import worker_request_id
-from serving.router.workers import upstream_error
 
 router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.post("/v1/images/generations")
-async def create_image(body: ImageGenerationRequest, request: Request) -> Response:
-    served = request.app.state.registry.resolve(body.model, Modality.image,
-                                                "/v1/images/generations", request.state.key)
+async def create_image(body: ImageGenerationRequest, ctx: Ctx, registry: RegistryDep,
+                       config: ConfigDep, call: CallWorker) -> Response:
+    served = registry.resolve(body.model, Modality.image, "/v1/images/generations", ctx.key)
     assert served.entry.image is not None
     resolve_image_request(body, served.entry.image)  # a 400 here, before any GPU time
-    await request.app.state.metering.admit(request, served)
     upstream = body.model_dump(exclude_none=True)
     upstream["model"] = served.entry.id
-    send = served.worker.send(
-        "/v1/images/generations", upstream,
-        {"X-Request-Id": worker_request_id(request.scope)},
-        timeout=request.app.state.config.router.timeouts.image_s,
-    )
-    try:
-        # A client that leaves cancels the worker's job: the dropped connection tells it.
-        response = await unless_disconnected(request, send)
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
-    if response.status_code != 200:
-        raise upstream_error(response)
+    response = await call(served, "/v1/images/generations", upstream,
+                          timeout=config.router.timeouts.image_s)
     data = response.json()
-    m = meter(request)
-    m.usage, m.images = data.get("usage") or {}, len(data.get("data") or ())
+    ctx.meter.usage, ctx.meter.images = data.get("usage") or {}, len(data.get("data") or ())
     return JSONResponse(data)

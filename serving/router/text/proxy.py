@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from serving.cancel import ClientDisconnected, unless_disconnected
-from serving.router.metering import CLIENT_CLOSED, Meter, meter
+from serving.router.call_worker import WorkerCall
+from serving.router.context import Meter
+from serving.router.registry import Served
 from serving.router.usage import normalize_usage
-from serving.router.workers import Worker, upstream_error
 
 log = logging.getLogger("serving.router")
 
@@ -55,25 +54,14 @@ def clean(obj: Any) -> Any:
     return obj
 
 
-async def forward(
-    request: Request,
-    worker: Worker,
-    path: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    *,
-    caching: bool,
-) -> Response:
-    m = meter(request)
+async def forward(call: WorkerCall, m: Meter, served: Served, path: str,
+                  body: dict[str, Any], *, tokens: int) -> Response:
+    """Call the vLLM worker with `body` (holding `tokens` of the key's budget) and answer."""
+    caching = "prefix_caching" in served.entry.capabilities
     if not body.get("stream"):
-        try:
-            # A client that leaves aborts the generation: closing the upstream connection
-            # makes vLLM abort the request. (A stream is cancelled the same way, by Starlette.)
-            response = await unless_disconnected(request, worker.send(path, body, headers))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        if response.status_code != 200:
-            raise upstream_error(response)
+        # A client that leaves aborts the generation: closing the upstream connection makes
+        # vLLM abort the request. (A stream is cancelled the same way, by Starlette.)
+        response = await call(served, path, body, tokens=tokens)
         data = clean(response.json())
         data["usage"] = m.usage = normalize_usage(data.get("usage"), caching=caching)
         return JSONResponse(data)
@@ -82,11 +70,7 @@ async def forward(
     # Usage on every chunk, so a stream the client drops is still metered to the token; the
     # relay takes it out of each chunk again.
     body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
-    response = await worker.send(path, body, headers, stream=True)
-    if response.status_code != 200:
-        await response.aread()
-        await response.aclose()
-        raise upstream_error(response)
+    response = await call(served, path, body, tokens=tokens, stream=True)
     return StreamingResponse(
         _relay(response, include_usage, caching, m),
         media_type="text/event-stream",

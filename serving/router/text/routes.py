@@ -1,8 +1,8 @@
 """POST /v1/chat/completions and POST /v1/completions, served by vLLM workers.
 
 The routes check what only the router knows (which model, what it is allowed to do), shape the
-request for vLLM and hand it to `proxy.forward`; vLLM does the templating, tool parsing and
-structured output.
+request for vLLM and hand it to `proxy.forward`, which calls the worker through `call_worker`;
+vLLM does the templating, tool parsing and structured output.
 """
 
 from __future__ import annotations
@@ -14,22 +14,19 @@ from starlette.responses import Response
 
 from serving.config import Modality
 from serving.errors import invalid_request
-from serving.router.json_body import StrictJSONRoute
-from serving.router.registry import Registry, Served
-from serving.router.request_context import worker_request_id
-from serving.router.text.protocol import (
+from serving.protocol.chat import (
     CHAT_IGNORED,
     COMPLETION_IGNORED,
     ChatCompletionRequest,
     CompletionRequest,
 )
+from serving.router.call_worker import CallWorker
+from serving.router.dependencies import Ctx, RegistryDep
+from serving.router.json_body import StrictJSONRoute
+from serving.router.registry import Served
 from serving.router.text.proxy import forward
 
 router = APIRouter(route_class=StrictJSONRoute)
-
-
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
 
 
 async def _token_budget(request: Request, served: Served, body: dict[str, Any]) -> int:
@@ -43,25 +40,17 @@ async def _token_budget(request: Request, served: Served, body: dict[str, Any]) 
     return estimate + int(most)
 
 
-async def _forward(request: Request, served: Served, path: str, body: dict[str, Any]
-                   ) -> Response:
-    metering = request.app.state.metering
-    await metering.admit(request, served, await _token_budget(request, served, body))
+async def _forward(request: Request, ctx: Ctx, call: CallWorker, served: Served, path: str,
+                   body: dict[str, Any]) -> Response:
     body["model"] = served.entry.id
-    return await forward(
-        request,
-        served.worker,
-        path,
-        body,
-        {"X-Request-Id": worker_request_id(request.scope)},
-        caching="prefix_caching" in served.entry.capabilities,
-    )
+    return await forward(call, ctx.meter, served, path, body,
+                         tokens=await _token_budget(request, served, body))
 
 
 @router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    served = _registry(request).resolve(body.model, Modality.chat, "/v1/chat/completions",
-                                        request.state.key)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, ctx: Ctx,
+                                 registry: RegistryDep, call: CallWorker) -> Response:
+    served = registry.resolve(body.model, Modality.chat, "/v1/chat/completions", ctx.key)
     capabilities = served.entry.capabilities
     if body.tools and "tool_use" not in capabilities:
         raise invalid_request(
@@ -85,12 +74,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         "json_schema" not in capabilities or "schema" not in response_format["json_schema"]
     ):
         upstream["response_format"] = {"type": "json_object"}
-    return await _forward(request, served, "/v1/chat/completions", upstream)
+    return await _forward(request, ctx, call, served, "/v1/chat/completions", upstream)
 
 
 @router.post("/v1/completions")
-async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    served = _registry(request).resolve(body.model, Modality.chat, "/v1/completions",
-                                        request.state.key)
+async def create_completion(body: CompletionRequest, request: Request, ctx: Ctx,
+                            registry: RegistryDep, call: CallWorker) -> Response:
+    served = registry.resolve(body.model, Modality.chat, "/v1/completions", ctx.key)
     upstream = body.model_dump(exclude_none=True, exclude=COMPLETION_IGNORED)
-    return await _forward(request, served, "/v1/completions", upstream)
+    return await _forward(request, ctx, call, served, "/v1/completions", upstream)

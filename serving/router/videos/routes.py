@@ -20,9 +20,12 @@ from serving.config import Modality
 from serving.errors import OpenAIError, invalid_request
 from serving.protocol.images import random_seed
 from serving.protocol.videos import VideoCreateRequest, resolve_video_request
+from serving.router.call_worker import CallWorker
+from serving.router.context import RequestContext
+from serving.router.dependencies import Ctx, ServicesDep, VideosDep
 from serving.router.json_body import loads
-from serving.router.metering import meter
-from serving.router.videos.store import ID_PATTERN, Job, JobStore
+from serving.video_jobs.service import VideoService
+from serving.video_jobs.store import ID_PATTERN, Job
 
 router = APIRouter()
 
@@ -34,12 +37,10 @@ _CREATE_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
-def _store(request: Request) -> JobStore:
-    return request.app.state.videos.store
-
-
-def _owner(request: Request) -> str:
-    return request.state.key_id
+def _owner(ctx: RequestContext) -> str:
+    """Jobs belong to the key's hash, whatever the key is named."""
+    assert ctx.key is not None
+    return ctx.key.sha256
 
 
 def _not_found(video_id: str) -> OpenAIError:
@@ -48,10 +49,10 @@ def _not_found(video_id: str) -> OpenAIError:
                        code="not_found")
 
 
-async def _job(request: Request, video_id: str) -> Job:
+async def _job(videos: VideoService, ctx: RequestContext, video_id: str) -> Job:
     if not _ID.fullmatch(video_id):
         raise _not_found(video_id)
-    job = await asyncio.to_thread(_store(request).get, video_id, _owner(request))
+    job = await asyncio.to_thread(videos.store.get, video_id, _owner(ctx))
     if job is None:
         raise _not_found(video_id)
     return job
@@ -80,16 +81,18 @@ async def _body(request: Request) -> VideoCreateRequest:
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
-async def create_video(request: Request) -> dict[str, Any]:
+async def create_video(request: Request, ctx: Ctx, services: ServicesDep,
+                       call: CallWorker) -> dict[str, Any]:
     body = await _body(request)
-    videos = request.app.state.videos
-    served = request.app.state.registry.resolve(body.model, Modality.video, "/v1/videos",
-                                                request.state.key)
+    served = services.registry.resolve(body.model, Modality.video, "/v1/videos", ctx.key)
     assert served.entry.video is not None
     params = resolve_video_request(body, served.entry.video, random_seed())
-    await request.app.state.metering.admit(request, served)
-    store: JobStore = videos.store
-    owner = _owner(request)
+    # The job is queued, not sent: admission only; the dispatcher hands it to the worker.
+    await call.admit(served)
+    videos = services.videos
+    assert videos is not None  # there is a video model
+    store = videos.store
+    owner = _owner(ctx)
     limit = videos.config.max_queued_per_key
     if await asyncio.to_thread(store.pending, owner) >= limit:
         raise OpenAIError(429, f"This key already has {limit} video jobs queued or in "
@@ -98,7 +101,7 @@ async def create_video(request: Request) -> dict[str, Any]:
     job = await asyncio.to_thread(store.create, owner, served.entry.id,
                                   f"{params.width}x{params.height}", str(params.seconds), params)
     videos.dispatchers[served.entry.id].wake()
-    meter(request).video_seconds = float(params.seconds)
+    ctx.meter.video_seconds = float(params.seconds)
     return job.resource()
 
 
@@ -108,7 +111,8 @@ for _path in ("/v1/videos", "/v1/videos/generations"):
 
 @router.get("/v1/videos")
 async def list_videos(
-    request: Request,
+    ctx: Ctx,
+    videos: VideosDep,
     after: str | None = None,
     limit: int = Query(default=20, ge=1, le=100),
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
@@ -116,7 +120,7 @@ async def list_videos(
     if after is not None and not _ID.fullmatch(after):
         raise invalid_request(f"Invalid value for 'after': '{after}' is not a video id.",
                               param="after", code="invalid_value")
-    jobs = await asyncio.to_thread(_store(request).list, _owner(request), after, limit + 1,
+    jobs = await asyncio.to_thread(videos.store.list, _owner(ctx), after, limit + 1,
                                    order == "desc")
     page = jobs[:limit]
     return {
@@ -128,8 +132,8 @@ async def list_videos(
     }
 
 
-async def retrieve_video(video_id: str, request: Request) -> dict[str, Any]:
-    return (await _job(request, video_id)).resource()
+async def retrieve_video(video_id: str, ctx: Ctx, videos: VideosDep) -> dict[str, Any]:
+    return (await _job(videos, ctx, video_id)).resource()
 
 
 for _path in ("/v1/videos/{video_id}", "/v1/videos/generations/{video_id}"):
@@ -137,13 +141,13 @@ for _path in ("/v1/videos/{video_id}", "/v1/videos/generations/{video_id}"):
 
 
 @router.get("/v1/videos/{video_id}/content")
-async def download_video(video_id: str, request: Request,
+async def download_video(video_id: str, ctx: Ctx, videos: VideosDep,
                          variant: str = Query(default="video")) -> FileResponse:
-    job = await _job(request, video_id)
+    job = await _job(videos, ctx, video_id)
     if variant != "video":
         raise invalid_request(f"Invalid value for 'variant': only 'video' is available, not "
                               f"'{variant}'.", param="variant", code="invalid_value")
-    path = _store(request).path(job.id)
+    path = videos.store.path(job.id)
     if job.status != "completed" or not path.is_file():
         raise OpenAIError(404, f"Video '{video_id}' has no content yet (status: {job.status}).",
                           param="video_id", code="video_not_ready")
@@ -151,10 +155,9 @@ async def download_video(video_id: str, request: Request,
 
 
 @router.delete("/v1/videos/{video_id}")
-async def delete_video(video_id: str, request: Request) -> dict[str, Any]:
-    job = await _job(request, video_id)
-    videos = request.app.state.videos
-    if not await asyncio.to_thread(videos.store.delete, job.id, _owner(request)):
+async def delete_video(video_id: str, ctx: Ctx, videos: VideosDep) -> dict[str, Any]:
+    job = await _job(videos, ctx, video_id)
+    if not await asyncio.to_thread(videos.store.delete, job.id, _owner(ctx)):
         raise _not_found(video_id)
     if (dispatcher := videos.dispatchers.get(job.model)) is not None:
         dispatcher.cancel(job.id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from starlette.responses import StreamingResponse
 
 from serving.media.audio import CONTENT_TYPES, AudioEncoder
 from serving.protocol.audio import SpeechParams, SpeechRequest, resolve_speech_request
+from serving.sse import sse_event
 from serving.workers.app import check_model, worker_app
 from serving.workers.spec import MediaWorkerSpec
 from serving.workers.speech.engines import SpeechEngine, load_engine, split_sentences
@@ -59,9 +59,9 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
     async def events(params: SpeechParams) -> AsyncIterator[bytes]:
         async for data in audio(params):
             if data:
-                yield _event({"type": "speech.audio.delta",
-                              "audio": base64.b64encode(data).decode()})
-        yield _event({"type": "speech.audio.done", "usage": {
+                yield sse_event({"type": "speech.audio.delta",
+                                 "audio": base64.b64encode(data).decode()})
+        yield sse_event({"type": "speech.audio.done", "usage": {
             "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
             "input_characters": len(params.text)}})
 
@@ -74,7 +74,3 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
         return StreamingResponse(audio(params), media_type=CONTENT_TYPES[params.format])
 
     return app
-
-
-def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data).encode() + b"\n\n"

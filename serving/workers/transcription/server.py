@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from serving.cancel import ClientDisconnected, unless_disconnected
@@ -19,6 +21,7 @@ from serving.protocol.audio import (
     resolve_transcription,
     transcription_fields,
 )
+from serving.sse import sse_event
 from serving.workers.app import check_model, worker_app
 from serving.workers.spec import MediaWorkerSpec
 from serving.workers.transcription.engine import (
@@ -32,14 +35,6 @@ from serving.workers.transcription.engine import (
 )
 
 
-def _run(segments: Iterator[dict[str, Any]]) -> Transcript:
-    """Drain the engine's generator; its return value is the transcript."""
-    while True:
-        finished, value = _step(segments)
-        if finished:
-            return value
-
-
 def _step(segments: Iterator[dict[str, Any]]) -> tuple[bool, Any]:
     """The next segment, or the transcript at the end (StopIteration cannot cross a Future)."""
     try:
@@ -48,18 +43,70 @@ def _step(segments: Iterator[dict[str, Any]]) -> tuple[bool, Any]:
         return True, done.value
 
 
+class Transcriptions:
+    """Runs transcriptions on the engine, `num_workers` at a time, and counts them.
+
+    Whisper runs on a thread one segment at a time, so a transcription nobody waits for any
+    more stops at the end of the segment in progress (a thread cannot be interrupted) and
+    gives its slot back only then. `/metrics` shows how many run and how many were stopped.
+    """
+
+    def __init__(self, engine: Transcriber, slots: int):
+        self.engine = engine
+        # CTranslate2 runs `num_workers` transcriptions in parallel; more would only queue
+        # inside it while holding a thread each.
+        self.slots = asyncio.Semaphore(slots)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.running = Gauge("serving_transcriptions_running", "Transcriptions using the "
+                             "engine now.", registry=self.registry)
+        self.cancelled = Counter("serving_transcriptions_cancelled", "Transcriptions stopped "
+                                 "before their end because their client left.",
+                                 registry=self.registry)
+
+    async def run(self, audio: Any, params: TranscriptionParams
+                  ) -> AsyncIterator[tuple[bool, Any]]:
+        """(False, segment) for each segment as Whisper finishes it, then (True, transcript)."""
+        async with self.slots:
+            segments = self.engine.transcribe(audio, params)
+            self.running.inc()
+            try:
+                while True:
+                    step = asyncio.ensure_future(asyncio.to_thread(_step, segments))
+                    try:
+                        finished, value = await asyncio.shield(step)
+                    except asyncio.CancelledError:
+                        await asyncio.wait({step})  # the segment in progress ends first
+                        raise
+                    if finished:
+                        break
+                    yield False, value
+            except (asyncio.CancelledError, GeneratorExit):  # nobody waits for it any more
+                self.cancelled.inc()
+                with contextlib.suppress(ValueError):  # still running: it ends on its own
+                    segments.close()
+                raise
+            finally:
+                self.running.dec()
+        yield True, value
+
+    async def transcript(self, audio: Any, params: TranscriptionParams) -> Transcript:
+        async with contextlib.aclosing(self.run(audio, params)) as steps:
+            async for finished, value in steps:
+                if finished:
+                    return value
+        raise AssertionError("run() ends with the transcript")
+
+
 def create_app(spec: MediaWorkerSpec) -> FastAPI:
     options = spec.entry.transcription
     assert options is not None
-    state: dict[str, Any] = {}
+    state: dict[str, Transcriptions] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        state["engine"] = await asyncio.to_thread(
-            Transcriber, str(spec.model_path), spec.args, spec.device)
-        # CTranslate2 runs `num_workers` transcriptions in parallel; more would only queue
-        # inside it while holding a thread each.
-        state["slots"] = asyncio.Semaphore(spec.args.num_workers)
+        engine = await asyncio.to_thread(Transcriber, str(spec.model_path), spec.args,
+                                         spec.device)
+        state["transcriptions"] = Transcriptions(engine, spec.args.num_workers)
         yield
 
     app = worker_app(spec, lifespan)
@@ -73,19 +120,23 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
         params = resolve_transcription(fields, options)
         audio = await asyncio.to_thread(decode, await upload.read())
         seconds = {AUDIO_SECONDS_HEADER: f"{len(audio) / SAMPLE_RATE:.3f}"}
-        engine: Transcriber = state["engine"]
+        transcriptions = state["transcriptions"]
         if params.stream:
-            return StreamingResponse(_stream(engine, state["slots"], audio, params),
+            return StreamingResponse(_stream(transcriptions, audio, params),
                                      media_type="text/event-stream", headers=seconds)
-        async with state["slots"]:
-            try:
-                transcript = await unless_disconnected(
-                    request, asyncio.to_thread(_run, engine.transcribe(audio, params)))
-            except ClientDisconnected:
-                return Response(status_code=499)
+        try:
+            transcript = await unless_disconnected(
+                request, transcriptions.transcript(audio, params))
+        except ClientDisconnected:
+            return Response(status_code=499)
         response = _respond(transcript, params)
         response.headers.update(seconds)
         return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(state["transcriptions"].registry),
+                        media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -103,20 +154,13 @@ def _respond(t: Transcript, params: TranscriptionParams) -> Response:
     return JSONResponse({"text": t.text, "usage": t.usage()})
 
 
-def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data).encode() + b"\n\n"
-
-
-async def _stream(engine: Transcriber, slots: asyncio.Semaphore, audio: Any,
+async def _stream(transcriptions: Transcriptions, audio: Any,
                   params: TranscriptionParams) -> AsyncIterator[bytes]:
     """OpenAI's transcription events: a `transcript.text.delta` per segment, then `done`."""
-    async with slots:
-        segments = engine.transcribe(audio, params)
-        while True:
-            finished, value = await asyncio.to_thread(_step, segments)
+    async with contextlib.aclosing(transcriptions.run(audio, params)) as steps:
+        async for finished, value in steps:
             if finished:
-                transcript: Transcript = value
-                break
-            yield _event({"type": "transcript.text.delta", "delta": value["text"]})
-        yield _event({"type": "transcript.text.done", "text": transcript.text,
-                      "usage": transcript.usage()})
+                yield sse_event({"type": "transcript.text.done", "text": value.text,
+                                 "usage": value.usage()})
+            else:
+                yield sse_event({"type": "transcript.text.delta", "delta": value["text"]})

@@ -9,18 +9,17 @@ deleted job, a shutdown), the render stops at its next step.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from serving.protocol.videos import VideoParams
+from serving.sse import sse_event
 from serving.workers.app import worker_app
 from serving.workers.diffusion import Cancelled, load_pipeline
 from serving.workers.spec import MediaWorkerSpec
@@ -32,10 +31,6 @@ log = logging.getLogger("serving.workers.videos")
 class RenderRequest(BaseModel):
     params: VideoParams
     output: Path
-
-
-def event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 def create_app(spec: MediaWorkerSpec) -> FastAPI:
@@ -70,7 +65,7 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
             getter = asyncio.ensure_future(progress.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
-                yield event({"status": "in_progress", "progress": getter.result()})
+                yield sse_event({"status": "in_progress", "progress": getter.result()})
             else:
                 getter.cancel()
         try:
@@ -79,10 +74,10 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
             return
         except Exception as e:
             log.exception("render failed")
-            yield event({"status": "failed",
-                         "error": {"code": "render_failed", "message": str(e) or repr(e)}})
+            yield sse_event({"status": "failed",
+                             "error": {"code": "render_failed", "message": str(e) or repr(e)}})
             return
-        yield event({"status": "completed", "progress": 100, "frames": frames})
+        yield sse_event({"status": "completed", "progress": 100, "frames": frames})
     finally:
         cancelled = True  # nobody is listening any more: stop at the next step
         # ...where the render raises Cancelled, which nobody awaits any more: take it here.

@@ -1,4 +1,4 @@
-"""Request ids and the access log.
+"""Where every request enters: its id, its context, and the access log line when it ends.
 
 Every response carries `x-request-id`: the client's own when it is a sane token, otherwise a
 generated one. The id is in a context variable for the duration of the request so every log
@@ -14,6 +14,8 @@ import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.router.context import open_context
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("serving.access")
@@ -31,14 +33,9 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def worker_request_id(scope: Scope) -> str:
-    """The id forwarded to the worker: ours, or the client's with a suffix so it is unique."""
-    state = scope.get("state", {})
-    rid = state.get("request_id") or new_request_id()
-    return rid if state.get("request_id_generated") else f"{rid}-{secrets.token_hex(4)}"
+class RequestIdMiddleware:
+    """The outermost middleware: opens the request's context and writes the access log."""
 
-
-class RequestContextMiddleware:
     def __init__(self, app: ASGIApp):
         self.app = app
 
@@ -46,10 +43,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        generated = sent is None or not _SANE_ID.match(sent)
-        rid = new_request_id() if generated else sent.decode()
-        state = scope.setdefault("state", {})
-        state["request_id"], state["request_id_generated"] = rid, generated
+        if sent is not None and _SANE_ID.match(sent):
+            rid, client_sent = sent.decode(), True
+        else:
+            rid, client_sent = new_request_id(), False
+        ctx = open_context(scope, rid, client_sent)
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
@@ -65,12 +63,11 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            usage = state.get("usage")
             tokens = "".join(
-                f" {k}={v}" for k, v in (usage or {}).items() if isinstance(v, int | float)
+                f" {k}={v}" for k, v in ctx.meter.usage.items() if isinstance(v, int | float)
             )
             access_log.info(
                 "%s %s %d %.0fms key=%s%s", scope["method"], scope["path"], status,
-                (time.perf_counter() - start) * 1000, state.get("key_name", "-"), tokens,
+                (time.perf_counter() - start) * 1000, ctx.key.name if ctx.key else "-", tokens,
             )
             request_id_var.reset(token)

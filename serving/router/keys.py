@@ -1,10 +1,10 @@
-"""Bearer keys: `Authorization: Bearer <key>` only, checked against SHA-256 hashes.
+"""API keys: where they come from, their SHA-256 hashes, and what each key may do.
 
 Keys are never stored or logged in clear: the config holds hashes (or names the environment
 variable that holds a key), and keys from `SERVING_API_KEYS` / `SERVING_ADMIN_KEYS` are hashed
 as they are read. If no key is configured at all, the launcher generates one into a file only
 the user can read. Each key carries what it may do: which models, its rate limits, and
-whether it may read usage and metrics.
+whether it may read usage and metrics. `middleware/auth.py` checks them on every request.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from serving.config import ApiKey, Limits, RouterConfig
-from serving.errors import OpenAIError
 
 ENV_KEYS = "SERVING_API_KEYS"
 ENV_ADMIN_KEYS = "SERVING_ADMIN_KEYS"
@@ -116,50 +113,3 @@ class KeyStore:
             if hmac.compare_digest(stored, digest):
                 found = key
         return found
-
-
-def require_admin(state) -> None:
-    """Usage and metrics are for operators: other keys get OpenAI's 403."""
-    key = getattr(state, "key", None)
-    if key is None or not key.admin:
-        raise OpenAIError(403, "This endpoint needs an admin key.", type="invalid_request_error",
-                          code="insufficient_permissions")
-
-
-def _unauthorized(message: str) -> OpenAIError:
-    return OpenAIError(401, message, type="invalid_request_error", code="invalid_api_key")
-
-
-class AuthMiddleware:
-    """Guards every /v1/ path and /metrics; /health, /ready and /openapi.json stay open."""
-
-    def __init__(self, app: ASGIApp, keys: KeyStore):
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
-            return await self.app(scope, receive, send)
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if header is None:
-            error = _unauthorized(
-                "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
-        else:
-            scheme, _, token = header.decode("latin-1").partition(" ")
-            key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
-            if key is not None:
-                state = scope.setdefault("state", {})
-                # The name is for logs and the ledger; the hash identifies the owner of
-                # resources such as video jobs, whatever the key is named.
-                state["key"] = key
-                state["key_name"], state["key_id"] = key.name, key.sha256
-                return await self.app(scope, receive, send)
-            error = _unauthorized(
-                "Incorrect API key provided."
-                if scheme.lower() == "bearer"
-                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)."
-            )
-        await error.response()(scope, receive, send)

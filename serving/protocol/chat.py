@@ -1,9 +1,9 @@
 """Request shapes for /v1/chat/completions and /v1/completions: the supported subset.
 
-These models are the public contract (DESIGN.md's table). They reject what OpenAI rejects
-(unknown fields, out-of-range values) and what this API does not support (logprobs, audio...),
-naming the field, before anything reaches a worker. What passes is forwarded to vLLM as the
-client sent it, minus the fields this API accepts but deliberately ignores.
+These models are the public contract (the endpoint table in README.md). They reject what OpenAI
+rejects (unknown fields, out-of-range values) and what this API does not support (logprobs,
+audio...), naming the field, before anything reaches a worker. What passes is forwarded to vLLM
+as the client sent it, minus the fields this API accepts but deliberately ignores.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ import logging
 
 import httpx
 
-from serving.router.videos.store import Job, JobStore
 from serving.router.workers import Worker
+from serving.video_jobs.store import Job, JobStore
 
-log = logging.getLogger("serving.router.videos")
+log = logging.getLogger("serving.video_jobs")
 
 IDLE_POLL_S = 5.0
 RETRY_DELAY_S = 2.0

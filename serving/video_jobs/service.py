@@ -9,10 +9,10 @@ from pathlib import Path
 
 from serving.config.deployment import VideoJobs
 from serving.router.registry import Served
-from serving.router.videos.dispatcher import Dispatcher
-from serving.router.videos.store import JobStore
+from serving.video_jobs.dispatcher import Dispatcher
+from serving.video_jobs.store import JobStore
 
-log = logging.getLogger("serving.router.videos")
+log = logging.getLogger("serving.video_jobs")
 
 PURGE_EVERY_S = 60.0
 

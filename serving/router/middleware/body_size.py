@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.errors import OpenAIError
 
 
-class BodyLimitMiddleware:
+class BodySizeLimitMiddleware:
     """Rejects a body over `max_bytes` from its Content-Length at once, and a chunked one as
     soon as it passes the limit. Paths in `exempt` enforce their own (larger) limits."""
 

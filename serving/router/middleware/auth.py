@@ -1,0 +1,46 @@
+"""Bearer keys: `Authorization: Bearer <key>` only, checked against SHA-256 hashes."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.errors import OpenAIError
+from serving.router.context import context_of
+from serving.router.keys import KeyStore
+
+
+def _unauthorized(message: str) -> OpenAIError:
+    return OpenAIError(401, message, type="invalid_request_error", code="invalid_api_key")
+
+
+class AuthMiddleware:
+    """Guards every /v1/ path and /metrics; /health, /ready and /openapi.json stay open."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None:
+            error = _unauthorized(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            scheme, _, token = header.decode("latin-1").partition(" ")
+            key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+            if key is not None:
+                # The name is for logs and the ledger; the hash identifies the owner of
+                # resources such as video jobs, whatever the key is named.
+                context_of(scope).key = key
+                return await self.app(scope, receive, send)
+            error = _unauthorized(
+                "Incorrect API key provided."
+                if scheme.lower() == "bearer"
+                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)."
+            )
+        await error.response()(scope, receive, send)
