@@ -1,12 +1,12 @@
-"""The router on its own (no worker running): CORS, a down worker, usage and stream relaying."""
+"""The router on its own (no worker running): CORS, a down worker, keys, usage, bodies.
+
+The stream relay is tested over streams recorded from the real worker: test_e2e_vllm_contract.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,7 +20,6 @@ from serving.router.keys import (
     keys_from_env,
     principals,
 )
-from serving.router.text.proxy import _relay
 from serving.router.usage import normalize_usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,72 +98,6 @@ def test_usage_mapping():
     assert empty["completion_tokens"] == 0 and empty["total_tokens"] == 3
 
 
-# As vLLM streams with continuous usage: running usage in every chunk, the total at the end.
-STREAM = (
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],'
-    b'"usage":{"prompt_tokens":3,"total_tokens":3,"completion_tokens":0}}\n\n'
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}],'
-    b'"usage":{"prompt_tokens":3,"total_tokens":4,"completion_tokens":1,'
-    b'"completion_tokens_details":{"reasoning_tokens":0}}}\n\n'
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}],'
-    b'"usage":{"prompt_tokens":3,"total_tokens":5,"completion_tokens":2}}\n\n'
-    b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
-    b'"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0,"created_cache_tokens":0}}}'
-    b"\n\ndata: [DONE]\n\n"
-)
-# What the client gets of the content chunks: the same bytes, minus the running usage.
-CHUNKS = [
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"\\"usage\\":{"}}]}',
-    b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}',
-]
-
-
-async def relay(pieces: list[bytes], include_usage: bool, stop_after: int | None = None
-                ) -> tuple[bytes, Meter]:
-    async def body():
-        for piece in pieces:
-            yield piece
-
-    m = Meter(endpoint="/v1/chat/completions")
-    response = httpx.Response(200, content=body())
-    out = []
-    stream = _relay(response, include_usage, True, m)
-    async for chunk in stream:
-        out.append(chunk)
-        if stop_after is not None and len(out) == stop_after:
-            await stream.aclose()  # the client went away
-            break
-    return b"".join(out), m
-
-
-@pytest.mark.parametrize("size", [1, 7, 64, len(STREAM)])
-@pytest.mark.parametrize("include_usage", [True, False])
-def test_relay_meters_usage_and_passes_the_rest_through(size: int, include_usage: bool):
-    pieces = [STREAM[i:i + size] for i in range(0, len(STREAM), size)]
-    out, m = asyncio.run(relay(pieces, include_usage))
-    assert m.usage["total_tokens"] == 5 and not m.incomplete
-    assert m.first_token_at is not None
-    events = out.split(b"\n\n")
-    assert events[:3] == CHUNKS  # content chunks byte for byte, running usage cut out
-    assert out.endswith(b"data: [DONE]\n\n")
-    usage_events = [e for e in events if b'"usage"' in e and b'"choices":[]' in e]
-    if include_usage:
-        (event,) = usage_events
-        usage = json.loads(event.removeprefix(b"data: "))["usage"]
-        assert usage["cache_read_input_tokens"] == 0 and "cache_creation_input_tokens" in usage
-    else:
-        assert usage_events == []
-
-
-def test_relay_meters_a_dropped_stream_to_the_token():
-    pieces = [e + b"\n\n" for e in STREAM.split(b"\n\n") if e]
-    out, m = asyncio.run(relay(pieces, include_usage=False, stop_after=2))
-    assert out.split(b"\n\n")[:2] == CHUNKS[:2]
-    assert m.incomplete
-    assert (m.usage["prompt_tokens"], m.usage["completion_tokens"]) == (3, 1)
-
-
 def test_body_limit_is_a_413_envelope(tmp_path: Path):
     client = router(tmp_path, "router: {max_body_bytes: 2048}")
     body = {"model": "smollm2-135m-instruct",
@@ -241,7 +174,7 @@ def test_one_validation_error_mapper_for_json_bodies_and_forms():
 
 
 def test_request_context_ids_and_admin_dependency(tmp_path: Path):
-    from serving.router.context import Meter, RequestContext
+    from serving.router.context import RequestContext
 
     ours = RequestContext("req_abc", client_sent_id=False, meter=Meter(endpoint="/"))
     assert ours.worker_request_id() == "req_abc"

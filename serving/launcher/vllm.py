@@ -14,6 +14,7 @@ from pathlib import Path
 from serving.config import Config, VllmArgs, WorkerConfig
 from serving.config.hardware import AUTO, describe_cpu, resolve_dtype
 from serving.launcher.supervisor import WorkerSpec, worker_env
+from serving.router.text.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
 
 log = logging.getLogger("serving.launcher")
@@ -30,17 +31,14 @@ def vllm_worker(
         log.info("%s: dtype %s (%s, %s)", name, dtype,
                  "auto" if args.dtype == AUTO else "set in the config", describe_cpu())
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        sys.executable, "-m", ENTRY_MODULE,
         "--model", str(model_path),
         "--served-model-name", entry.id,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--dtype", dtype,
-        # The router owns the public contract: usage details on, fingerprint and per-request
-        # access logs off (the router logs requests, with ids).
-        "--enable-prompt-tokens-details",
-        "--fingerprint-mode", "none",
-        "--disable-uvicorn-access-log",
+        *ROUTER_FLAGS,  # what the router's metering relies on
+        "--disable-uvicorn-access-log",  # the router logs requests, with ids
         "--structured-outputs-config",
         json.dumps({"backend": args.structured_outputs_backend,
                     "disable_any_whitespace": args.disable_any_whitespace}),

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving.router.text.vllm_contract import CACHED_TOKENS, CREATED_CACHE_TOKENS, PROMPT_DETAILS
+
 
 def normalize_usage(usage: dict[str, Any] | None, *, caching: bool = True) -> dict[str, Any]:
     usage = usage or {}
-    details = usage.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0) if caching else 0
-    created = int(details.get("created_cache_tokens") or 0) if caching else 0
+    details = usage.get(PROMPT_DETAILS) or {}
+    cached = int(details.get(CACHED_TOKENS) or 0) if caching else 0
+    created = int(details.get(CREATED_CACHE_TOKENS) or 0) if caching else 0
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     out: dict[str, Any] = {

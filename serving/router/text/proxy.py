@@ -5,14 +5,14 @@ spec does not allow as null, vLLM-only fields). Streamed answers are relayed eve
 they arrive and are not parsed: the router asks vLLM for usage on every chunk (so a stream the
 client drops is metered to the token), cuts it out of each chunk by its bytes, and parses only
 the closing usage event, which it passes on when the client asked for
-`stream_options.include_usage`.
+`stream_options.include_usage`. What this relies on in vLLM is in `vllm_contract`; an event the
+bytes do not explain is parsed the slow way, and the stream logged as a contract break.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,22 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from serving.router.call_worker import WorkerCall
 from serving.router.context import Meter
 from serving.router.registry import Served
+from serving.router.text import vllm_contract as contract
 from serving.router.usage import normalize_usage
 
 log = logging.getLogger("serving.router")
 
-# vLLM serialises compactly, and inside a JSON string a quote is always escaped, so these
-# byte strings appear in a chunk only as its own fields: a usage object, and the empty choices
-# of the closing usage-only event.
-_USAGE_MARK = b',"usage":{'
-_FINAL = b'"choices":[]'
-_NO_TOKENS = re.compile(rb'"completion_tokens":0[,}]')
-# vLLM-only fields that are not part of OpenAI's response shapes.
-_VLLM_ONLY = frozenset({
-    "system_fingerprint", "stop_reason", "token_ids", "prompt_token_ids", "prompt_text",
-    "prompt_logprobs", "kv_transfer_params", "ec_transfer_params", "metrics", "routed_experts",
-    "reasoning", "reasoning_content",
-})
 # Fields OpenAI's schemas require but allow to be null; every other null is dropped, since the
 # spec wants an object or array there, or nothing.
 _NULLABLE = frozenset({"content", "refusal", "logprobs", "finish_reason"})
@@ -47,7 +36,7 @@ def clean(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {
             k: clean(v) for k, v in obj.items()
-            if k not in _VLLM_ONLY and (v is not None or k in _NULLABLE)
+            if k not in contract.VLLM_ONLY and (v is not None or k in _NULLABLE)
         }
     if isinstance(obj, list):
         return [clean(v) for v in obj]
@@ -69,7 +58,7 @@ async def forward(call: WorkerCall, m: Meter, served: Served, path: str,
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     # Usage on every chunk, so a stream the client drops is still metered to the token; the
     # relay takes it out of each chunk again.
-    body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    body["stream_options"] = contract.stream_options()
     response = await call(served, path, body, tokens=tokens, stream=True)
     return StreamingResponse(
         _relay(response, include_usage, caching, m),
@@ -80,12 +69,12 @@ async def forward(call: WorkerCall, m: Meter, served: Served, path: str,
 
 def _usage_span(event: bytes) -> tuple[int, int] | None:
     """Where `,"usage":{...}` sits in a compact chunk: found by bytes, never parsed."""
-    start = event.find(_USAGE_MARK)
+    start = event.find(contract.USAGE_MARK)
     if start < 0:
         return None
     # The usage object holds numbers, nulls and flat objects, no strings: its end is the first
     # `}` after which every `{` opened inside it has closed (one find, as a rule).
-    depth, i = 1, start + len(_USAGE_MARK)
+    depth, i = 1, start + len(contract.USAGE_MARK)
     while depth:
         end = event.find(b"}", i)
         if end < 0:
@@ -110,7 +99,9 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     pending = b""
     last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
-    finished = False
+    finished = False  # the closing usage event was metered
+    ended = False  # the worker ended the stream (the client did not leave, the link held)
+    broken: str | None = None  # how the stream broke the vLLM contract, if it did
     try:
         async for data in response.aiter_raw():
             pending = pending + data if pending else data
@@ -121,19 +112,25 @@ async def _relay(
             out = []
             for event in events:
                 span = _usage_span(event)
+                if span is None and event != contract.DONE:
+                    event, problem = _unmarked(event, m)
+                    if problem:
+                        broken = broken or _contract_broken(problem, event)
+                        span = _usage_span(event)
                 if span is None:
                     out.append(event)
-                elif _FINAL in event:
+                elif contract.FINAL in event:
                     finished = True
                     if final := _final_usage(event, include_usage, caching, m):
                         out.append(final)
                 else:
-                    last_usage = event[span[0] + len(_USAGE_MARK) - 1 : span[1]]
-                    if m.first_token_at is None and not _NO_TOKENS.search(last_usage):
+                    last_usage = event[span[0] + len(contract.USAGE_MARK) - 1 : span[1]]
+                    if m.first_token_at is None and not contract.NO_TOKENS.search(last_usage):
                         m.first_token()
                     out.append(event[: span[0]] + event[span[1] :])
             if out:
                 yield b"\n\n".join(out) + b"\n\n"
+        ended = True
     except httpx.TransportError as e:
         # Headers are sent; the best left is to end the stream with an error event.
         log.warning("worker stream broke: %s", e)
@@ -143,7 +140,52 @@ async def _relay(
         yield b"data: " + json.dumps(err).encode() + b"\n\n"
     finally:
         if not finished:
-            m.incomplete = True
-            if last_usage:
-                m.usage = normalize_usage(json.loads(last_usage), caching=caching)
+            _unfinished(m, ended, last_usage, caching, broken)
         await response.aclose()
+
+
+def _unmarked(event: bytes, m: Meter) -> tuple[bytes, str | None]:
+    """The slow path, for an event in which the usage was not found by its bytes: vLLM's
+    closing `[DONE]` aside, only an error event should get here. Parsed to tell which, and
+    to find a usage vLLM put elsewhere; rewritten in the contract's form if it has one.
+    Returns the event and, if it breaks the contract, how."""
+    try:
+        chunk = json.loads(event.removeprefix(b"data: "))
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        return event, None  # not a chunk (an SSE comment, a keep-alive): passed through
+    if "error" in chunk:
+        m.status_override = 502  # the worker failed mid-stream; the client did not leave
+        return event, None
+    usage = chunk.pop("usage", None)
+    if usage is None:
+        return event, "a chunk without usage" if "choices" in chunk else None
+    chunk["usage"] = usage  # last, as the contract has it
+    compact = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"data: " + compact, "usage not found by its bytes"
+
+
+def _contract_broken(problem: str, event: bytes) -> str:
+    """Logged once per stream: metering is then as exact as the slow path can make it."""
+    log.error("vLLM contract broken (verified with vLLM %s): %s; streams are parsed the slow "
+              "way. Event: %.300r", contract.VERIFIED_VERSION, problem, event)
+    return problem
+
+
+def _unfinished(m: Meter, ended: bool, last_usage: bytes, caching: bool,
+                broken: str | None) -> None:
+    """Meter a stream that had no closing usage event. If the client left (or the worker
+    failed), the running usage is what it used. If the worker ended it normally, vLLM broke
+    the contract: the running usage stands, and with none at all the request is recorded as
+    the worker's failure (502), never as a free success."""
+    if ended and m.status_override is None:
+        if not broken:
+            _contract_broken("the stream ended without its usage event", last_usage)
+        if not last_usage:
+            m.status_override = 502
+            m.incomplete = True
+    else:
+        m.incomplete = True
+    if last_usage:
+        m.usage = normalize_usage(json.loads(last_usage), caching=caching)

@@ -1,0 +1,258 @@
+"""The vLLM contract (serving/router/text/vllm_contract.py), checked against the real worker.
+
+Streams are recorded from the stack's vLLM worker, asked for with the stream options the
+router sends, and the relay runs over their bytes: the running usage must be found in every
+chunk and cut out cleanly, the closing usage event recognised and metered. A vLLM upgrade that
+changes these bytes fails here, loudly. The same streams, rewritten the ways an upgrade could
+change them, check the relay's slow path: metered exactly (or never as a free success) and
+logged as a contract break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.router.context import Meter
+from serving.router.text import vllm_contract as contract
+from serving.router.text.proxy import _relay, _usage_span
+from serving.router.usage import normalize_usage
+from tests.conftest import CHAT_MODEL
+
+pytestmark = pytest.mark.e2e
+
+BROKEN = "vLLM contract broken"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "additionalProperties": False,
+                       "properties": {"city": {"type": "string", "maxLength": 20}},
+                       "required": ["city"]},
+    },
+}
+# What is recorded: plain text, a tool call (its arguments are JSON inside a JSON string, with
+# quotes to escape), and the legacy completions endpoint.
+REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": 'Say "usage" and "choices" twice.'}],
+        "max_tokens": 12}),
+    "chat-tool": ("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+        "tools": [WEATHER_TOOL], "max_tokens": 32,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    "completion": ("/v1/completions", {"prompt": "The capital of France is", "max_tokens": 12}),
+}
+
+
+@pytest.fixture(scope="session")
+def recorded(stack) -> dict[str, bytes]:
+    """Each stream's bytes as the chat worker sends them to the router."""
+    out = {}
+    with httpx.Client(base_url=stack.worker_url("chat"), timeout=120) as http:
+        for name, (path, body) in REQUESTS.items():
+            body = {"model": CHAT_MODEL, "stream": True, "temperature": 0,
+                    "stream_options": contract.stream_options(), **body}
+            with http.stream("POST", path, json=body) as r:
+                assert r.status_code == 200, r.read()
+                out[name] = b"".join(r.iter_raw())
+    return out
+
+
+@pytest.fixture(params=list(REQUESTS))
+def stream(request: pytest.FixtureRequest, recorded: dict[str, bytes]) -> bytes:
+    return recorded[request.param]
+
+
+def events(stream: bytes) -> list[bytes]:
+    assert stream.endswith(b"\n\n")
+    return stream.removesuffix(b"\n\n").split(b"\n\n")
+
+
+def parse(event: bytes) -> dict[str, Any]:
+    assert event.startswith(b"data: ")
+    return json.loads(event.removeprefix(b"data: "))
+
+
+def sse(chunks: list[dict[str, Any] | bytes], **dumps: Any) -> bytes:
+    """A stream from parsed chunks (or raw events), serialised with json.dumps(**dumps)."""
+    return b"".join((c if isinstance(c, bytes) else b"data: " + json.dumps(c, **dumps).encode())
+                    + b"\n\n" for c in chunks)
+
+
+def final_usage(stream: bytes) -> dict[str, Any]:
+    return parse(events(stream)[-2])["usage"]
+
+
+def running_usage(event: bytes) -> dict[str, Any]:
+    return parse(event)["usage"]
+
+
+async def _relay_all(pieces: list[bytes], include_usage: bool, stop_after: int | None
+                     ) -> tuple[bytes, Meter]:
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    m = Meter(endpoint="/v1/chat/completions")
+    out = []
+    relayed = _relay(httpx.Response(200, content=body()), include_usage, True, m)
+    async for chunk in relayed:
+        out.append(chunk)
+        if stop_after is not None and len(out) == stop_after:
+            await relayed.aclose()  # the client went away
+            break
+    return b"".join(out), m
+
+
+def relay(stream: bytes, include_usage: bool = False, size: int | None = None,
+          stop_after: int | None = None) -> tuple[bytes, Meter]:
+    """Run the relay over `stream`, read `size` bytes at a time (default: an event a read)."""
+    if size is None:
+        pieces = [e + b"\n\n" for e in events(stream)]
+    else:
+        pieces = [stream[i:i + size] for i in range(0, len(stream), size)]
+    return asyncio.run(_relay_all(pieces, include_usage, stop_after))
+
+
+def test_every_chunk_carries_usage_the_relay_finds_by_its_bytes(stream: bytes):
+    *chunks, final, done = events(stream)
+    assert done == contract.DONE
+    assert len(chunks) >= 2  # the role chunk, then generated tokens
+    previous = 0
+    for event in chunks:
+        span = _usage_span(event)
+        assert span is not None, event
+        assert contract.FINAL not in event
+        whole = parse(event)
+        usage_bytes = event[span[0] + len(contract.USAGE_MARK) - 1 : span[1]]
+        assert json.loads(usage_bytes) == whole.pop("usage")
+        assert parse(event[: span[0]] + event[span[1] :]) == whole  # cut out cleanly
+        tokens = json.loads(usage_bytes)["completion_tokens"]
+        assert bool(contract.NO_TOKENS.search(usage_bytes)) == (tokens == 0)
+        assert tokens >= previous
+        previous = tokens
+    # The closing usage event: recognised by its bytes, and the usage fields metering reads.
+    assert _usage_span(final) is not None and contract.FINAL in final
+    closing = parse(final)
+    assert closing["choices"] == [] and "system_fingerprint" not in closing
+    usage = closing["usage"]
+    details = {contract.CACHED_TOKENS, contract.CREATED_CACHE_TOKENS}
+    if b'"object":"text_completion"' in final:
+        details.remove(contract.CREATED_CACHE_TOKENS)  # see vllm_contract.CREATED_CACHE_TOKENS
+    assert set(usage[contract.PROMPT_DETAILS]) == details
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] == previous > 0
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, None])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_relay_meters_a_recorded_stream_and_passes_the_rest_through(
+    stream: bytes, size: int | None, include_usage: bool, caplog: pytest.LogCaptureFixture
+):
+    out, m = relay(stream, include_usage, size)
+    assert BROKEN not in caplog.text
+    assert m.usage == normalize_usage(final_usage(stream)) and not m.incomplete
+    assert m.first_token_at is not None and m.status_override is None
+    *chunks, _final, done = events(stream)
+    expected = [parse(c) for c in chunks]
+    for chunk in expected:
+        del chunk["usage"]
+    *sent, last = events(out)
+    assert last == done
+    if include_usage:
+        closing = parse(sent.pop())
+        assert closing["choices"] == [] and closing["usage"] == m.usage
+    assert [parse(e) for e in sent] == expected
+
+
+def test_relay_meters_a_dropped_recorded_stream_to_the_token(stream: bytes):
+    _, m = relay(stream, stop_after=2)
+    assert m.incomplete
+    assert m.usage == normalize_usage(running_usage(events(stream)[1]))
+
+
+def _spaced(chunks: list[dict[str, Any]]) -> bytes:
+    return sse(chunks)  # json.dumps's default separators: ", " and ": "
+
+
+def _usage_first(chunks: list[dict[str, Any]]) -> bytes:
+    return sse([{"usage": c.pop("usage"), **c} for c in chunks], separators=(",", ":"))
+
+
+def _without_running_usage(chunks: list[dict[str, Any]]) -> bytes:
+    for chunk in chunks[:-1]:
+        del chunk["usage"]
+    return sse(chunks, separators=(",", ":"))
+
+
+# How a vLLM upgrade could change the stream, each with what the relay can still meter.
+CHANGES: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
+    "spaced": _spaced,
+    "usage-first": _usage_first,
+    "no-running-usage": _without_running_usage,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_a_changed_stream_is_metered_the_slow_way_and_logged(
+    stream: bytes, change: str, include_usage: bool, caplog: pytest.LogCaptureFixture
+):
+    chunks = [parse(e) for e in events(stream)[:-1]]
+    changed = CHANGES[change](chunks) + contract.DONE + b"\n\n"
+    with caplog.at_level(logging.ERROR, logger="serving.router"):
+        out, m = relay(changed, include_usage, size=64)
+    assert caplog.text.count(BROKEN) == 1  # once a stream
+    assert m.usage == normalize_usage(final_usage(stream)) and not m.incomplete
+    assert m.status_override is None
+    *sent, done = events(out)
+    assert done == contract.DONE
+    if include_usage:
+        assert parse(sent.pop())["usage"] == m.usage
+    assert sent and all("usage" not in parse(e) for e in sent)
+
+
+def test_a_stream_without_its_usage_event_is_metered_from_the_running_usage(
+    stream: bytes, caplog: pytest.LogCaptureFixture
+):
+    *chunks, _final, done = events(stream)
+    with caplog.at_level(logging.ERROR, logger="serving.router"):
+        _, m = relay(sse([*chunks, done]))
+    assert BROKEN in caplog.text and "without its usage event" in caplog.text
+    assert not m.incomplete and m.status_override is None
+    assert m.usage == normalize_usage(running_usage(chunks[-1]))
+    assert m.usage["completion_tokens"] > 0
+
+
+def test_a_stream_without_any_usage_is_never_a_free_success(
+    stream: bytes, caplog: pytest.LogCaptureFixture
+):
+    chunks = [parse(e) for e in events(stream)[:-2]]
+    for chunk in chunks:
+        del chunk["usage"]
+    with caplog.at_level(logging.ERROR, logger="serving.router"):
+        out, m = relay(sse([*chunks, contract.DONE]))
+    assert BROKEN in caplog.text
+    assert [parse(e) for e in events(out)[:-1]] == chunks  # the client still gets its answer
+    assert m.incomplete and m.status_override == 502 and m.usage == {}
+
+
+def test_an_error_event_mid_stream_is_the_workers_failure_not_a_contract_break(
+    stream: bytes, caplog: pytest.LogCaptureFixture
+):
+    # vLLM's own error event, as it ends a stream that failed while generating.
+    error = b'data: {"error": {"message": "Internal server error", "type": "InternalServerError'
+    error += b'", "param": null, "code": 500}}'
+    first, second, *_ = events(stream)
+    with caplog.at_level(logging.ERROR, logger="serving.router"):
+        out, m = relay(sse([first, second, error, contract.DONE]))
+    assert BROKEN not in caplog.text
+    assert error in out
+    assert m.incomplete and m.status_override == 502
+    assert m.usage == normalize_usage(running_usage(second))

