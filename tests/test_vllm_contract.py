@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from serving.config import VllmArgs, load_config
+from serving.config.hardware import resolve_dtype
 from serving.launcher.stack import worker_specs
 from serving.router.text import vllm_contract
 
@@ -74,7 +75,7 @@ def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
         assert parsed.model == f"/models/{spec.name}"
         assert parsed.served_model_name == [entry.id]
         assert (parsed.host, parsed.port) == ("127.0.0.1", spec.port)
-        assert parsed.dtype == args.dtype
+        assert parsed.dtype == resolve_dtype(args.dtype, cfg.device)
         caching = args.enable_prefix_caching and "prefix_caching" in entry.capabilities
         assert parsed.enable_prefix_caching is caching
         assert parsed.structured_outputs_config.backend == args.structured_outputs_backend
