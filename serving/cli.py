@@ -39,10 +39,26 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config([Path(p) for p in args.config])
 
 
+def _plan(config: Config, args: argparse.Namespace) -> str:
+    """The memory plan of a CUDA config, checked; a GPU that does not fit is a config error
+    naming the last file given (where an overlay that breaks the plan usually is)."""
+    from serving.config.plan import check_plan, format_plan, memory_plan
+
+    try:
+        plans = memory_plan(config)
+        check_plan(plans)
+    except ConfigError as e:
+        table = format_plan(plans) + "\n" if "plans" in locals() else ""
+        raise ConfigError(f"{table}{args.config[-1]}: {e}") from None
+    return format_plan(plans)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from serving.launcher.stack import run
 
     config = _config(args)
+    if config.device == "cuda":
+        _plan(config, args)
     setup_logging(config.router.log_level)
     host = args.host or config.router.host
     port = config.router.port if args.port is None else args.port
@@ -65,6 +81,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         assert worker.args is not None
         print(f"# {name}: {worker.model} engine args: "
               f"{worker.args.model_dump(mode='json', exclude_defaults=True)}")
+    if config.device == "cuda":
+        print("# GPU memory plan\n" + _plan(config, args))
     return 0
 
 

@@ -53,6 +53,12 @@ class DiffusersArgs(Strict):
     max_batch_size: int = Field(
         default=4, ge=1, description="Images per pipeline call when requests are batched."
     )
+    # GPU memory: decode a batch one item at a time (same pixels, a quarter of the peak at 4),
+    # or in tiles (less still, may show seams).
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    max_sequence_length: int | None = Field(
+        default=None, ge=1, description="T5 prompt tokens (FLUX.1-schnell was trained on 256).")
     # CPU: a fixed thread count keeps outputs byte-identical for a seed across runs.
     threads: int | None = Field(default=None, ge=1)
 
