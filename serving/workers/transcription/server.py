@@ -30,6 +30,7 @@ from serving.workers.transcription.engine import (
     to_verbose_json,
     to_vtt,
 )
+from serving.workers.warmup import warm_up_transcription
 
 
 def _run(segments: Iterator[dict[str, Any]]) -> Transcript:
@@ -57,6 +58,11 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
     async def lifespan(_: FastAPI):
         state["engine"] = await asyncio.to_thread(
             Transcriber, str(spec.model_path), spec.args, spec.device)
+        silence = TranscriptionParams(language=options.languages[0], prompt=None,
+                                      temperature=0.0, response_format="json", words=False,
+                                      segments=False, stream=False)
+        await asyncio.to_thread(warm_up_transcription, spec.name,
+                                lambda audio: _run(state["engine"].transcribe(audio, silence)))
         # CTranslate2 runs `num_workers` transcriptions in parallel; more would only queue
         # inside it while holding a thread each.
         state["slots"] = asyncio.Semaphore(spec.args.num_workers)
