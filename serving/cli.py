@@ -58,7 +58,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if config.device == "cuda":
+        from serving.launcher.preflight import PreflightError, check_driver, driver_version
+
         _plan(config, args)
+        try:
+            check_driver(driver_version())
+        except PreflightError as e:
+            print(f"serving: {e}", file=sys.stderr)
+            return 1
     setup_logging(config.router.log_level)
     host = args.host or config.router.host
     port = config.router.port if args.port is None else args.port

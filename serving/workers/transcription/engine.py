@@ -47,12 +47,38 @@ class Transcript:
         return {"type": "duration", "seconds": math.ceil(self.duration)}
 
 
+def preload_cublas12() -> None:
+    """Load the cuBLAS 12 that pip's `nvidia-cublas-cu12` installs, where it is installed.
+
+    ctranslate2's CUDA build links the CUDA 12 runtime statically but opens `libcublas.so.12`
+    by name at its first matrix product; beside vLLM's CUDA 13 there is no such file on the
+    loader's path. Once loaded here, the dynamic loader matches that later open by soname to
+    this copy (as torch does with its own pip CUDA libraries).
+    """
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("nvidia.cublas")
+    except ModuleNotFoundError:  # no `nvidia` namespace at all
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return  # the system's own cuBLAS 12, if any, is found the usual way
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    for name in ("libcublasLt.so.12", "libcublas.so.12"):
+        if (lib / name).exists():
+            ctypes.CDLL(str(lib / name), mode=ctypes.RTLD_GLOBAL)
+
+
 class Transcriber:
     def __init__(self, model_path: str, args: WhisperArgs, device: str):
         from faster_whisper import WhisperModel
         from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
         # LANGUAGES: Whisper's language names ("english"), which verbose_json reports.
+        if device == "cuda":
+            preload_cublas12()
         self.args = args
         self.model = WhisperModel(model_path, device=device, compute_type=args.compute_type,
                                   cpu_threads=args.cpu_threads, num_workers=args.num_workers)
