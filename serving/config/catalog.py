@@ -46,8 +46,11 @@ class HubSource(Strict):
     """Weights on the Hugging Face hub, downloaded once into the cache on GPU nodes."""
 
     hub: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
-    revision: str | None = None
+    revision: str | None = Field(
+        default=None, description="A branch, tag or commit; `serving models prepare` logs the "
+        "commit it downloaded and records it in cache_dir/revisions.json, to pin here.")
     ignore_patterns: list[str] = Field(default_factory=lambda: ["original/*", "*.pth"])
+    gated: bool = Field(default=False, description="Needs an accepted licence and HF_TOKEN.")
 
 
 class PathSource(Strict):
