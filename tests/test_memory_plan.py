@@ -39,7 +39,7 @@ def test_the_old_h100_plan_fails_naming_the_gpu_and_its_workers(
     # What gpu-h100.yaml was: 35% for chat, FLUX decoding a batch of 4 unsliced, Kokoro on GPU.
     bad = overlay(tmp_path, """
 workers:
-  chat: {engine_args: {kv_cache_memory_bytes: 11G, gpu_memory_utilization: 0.2}}
+  chat: {engine_args: {kv_cache_memory_bytes: 11G, gpu_memory_utilization: 0.1}}
   images: {engine_args: {vae_slicing: false}}
   speech: {gpus: [0], engine_args: {providers: [CUDAExecutionProvider]}}
 """)

@@ -71,6 +71,10 @@ class WhisperArgs(Strict):
     num_workers: int = Field(default=1, ge=1, description="Transcriptions run in parallel.")
     beam_size: int = Field(default=5, ge=1)
     vad_filter: bool = False
+    batch_size: int = Field(
+        default=1, ge=1, description="Above 1, audio longer than 30 s is cut at pauses (VAD) "
+        "into windows decoded this many at a time (faster-whisper's BatchedInferencePipeline): "
+        "several times faster on a GPU, without context carried across windows.")
 
 
 class TtsArgs(Strict):

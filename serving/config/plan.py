@@ -128,8 +128,10 @@ def _media_row(name: str, worker: WorkerConfig, mem: GpuMemory) -> Row:
         return Row(name, model, weights, peak - weights, peak + CONTEXT_GIB,
                    f"{note}, offload {args.offload}")
     copies = args.num_workers if isinstance(args, WhisperArgs) else 1
-    note = f"{copies} CTranslate2 replicas" if copies > 1 else ""
-    weights, working = mem.total_weights * copies, mem.activations * copies
+    windows = args.batch_size if isinstance(args, WhisperArgs) else 1
+    note = ", ".join([*([f"{copies} CTranslate2 replicas"] if copies > 1 else []),
+                      *([f"{windows} windows a batch"] if windows > 1 else [])])
+    weights, working = mem.total_weights * copies, mem.activations * copies * windows
     return Row(name, model, weights, working, weights + working + CONTEXT_GIB, note)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ from serving.errors import invalid_request
 from serving.protocol.audio import TranscriptionParams
 
 SAMPLE_RATE = 16000
+WINDOW_S = 30  # Whisper hears 30 s at a time
+
+log = logging.getLogger("serving.workers.transcription")
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -73,7 +77,7 @@ def preload_cublas12() -> None:
 
 class Transcriber:
     def __init__(self, model_path: str, args: WhisperArgs, device: str):
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
         from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
         # LANGUAGES: Whisper's language names ("english"), which verbose_json reports.
@@ -82,19 +86,22 @@ class Transcriber:
         self.args = args
         self.model = WhisperModel(model_path, device=device, compute_type=args.compute_type,
                                   cpu_threads=args.cpu_threads, num_workers=args.num_workers)
+        self.batched = BatchedInferencePipeline(self.model) if args.batch_size > 1 else None
         self.language_names: dict[str, str] = LANGUAGES
 
     def transcribe(self, audio: np.ndarray, params: TranscriptionParams):
         """Yield segments as Whisper finishes them; the Transcript is the generator's value."""
-        segments, info = self.model.transcribe(
-            audio,
-            language=params.language,
-            initial_prompt=params.prompt,
-            temperature=params.temperature,
-            beam_size=self.args.beam_size,
-            vad_filter=self.args.vad_filter,
-            word_timestamps=params.words,
-        )
+        options = {"language": params.language, "initial_prompt": params.prompt,
+                   "temperature": params.temperature, "beam_size": self.args.beam_size,
+                   "word_timestamps": params.words}
+        if self.batched is not None and len(audio) > WINDOW_S * SAMPLE_RATE:
+            log.info("transcribing %.0f s of audio in windows, %d at a time",
+                     len(audio) / SAMPLE_RATE, self.args.batch_size)
+            segments, info = self.batched.transcribe(
+                audio, vad_filter=True, batch_size=self.args.batch_size, **options)
+        else:
+            segments, info = self.model.transcribe(audio, vad_filter=self.args.vad_filter,
+                                                   **options)
         out, words = [], []
         for i, s in enumerate(segments):
             segment = {
