@@ -60,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.device == "cuda":
         from serving.launcher.preflight import PreflightError, check_driver, driver_version
 
-        _plan(config, args)
+        print(_plan(config, args), flush=True)
         try:
             check_driver(driver_version())
         except PreflightError as e:
