@@ -44,13 +44,17 @@ def _plan(config: Config, args: argparse.Namespace) -> str:
     naming the last file given (where an overlay that breaks the plan usually is)."""
     from serving.config.plan import check_plan, format_plan, memory_plan
 
+    where = args.config[-1]
     try:
         plans = memory_plan(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    table = format_plan(plans)
+    try:
         check_plan(plans)
     except ConfigError as e:
-        table = format_plan(plans) + "\n" if "plans" in locals() else ""
-        raise ConfigError(f"{table}{args.config[-1]}: {e}") from None
-    return format_plan(plans)
+        raise ConfigError(f"{table}\n{where}: {e}") from None
+    return table
 
 
 def cmd_up(args: argparse.Namespace) -> int:
