@@ -62,7 +62,7 @@ def test_a_restarted_vllm_worker_must_find_its_share_free(tmp_path: Path):
     greedy = overlay(tmp_path, "workers: {chat: {engine_args: {gpu_memory_utilization: 0.5}}}")
     cfg = load_config([ROOT / "configs" / "gpu-h100.yaml", greedy])
     with pytest.raises(ConfigError, match=r"gpu_memory_utilization: 0.5 of GPU 0 .* at most 0.3"):
-        memory_plan(cfg, devices=[])
+        check_plan(memory_plan(cfg, devices=[]))
 
 
 def test_capacity_comes_from_the_device_when_the_config_has_none(tmp_path: Path):

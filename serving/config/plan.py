@@ -62,6 +62,8 @@ class GpuPlan:
     capacity: float
     headroom: float
     rows: list[Row] = field(default_factory=list)
+    # Other reasons this GPU's workers would not start as planned (vLLM's restart check).
+    problems: list[str] = field(default_factory=list)
 
     @property
     def peak(self) -> float:
@@ -220,7 +222,7 @@ def memory_plan(config: Config, devices: list[tuple[str, float]] | None = None
             limit = (plan.capacity - others) / plan.capacity
             util = args.gpu_memory_utilization or VLLM_DEFAULT_UTILIZATION
             if util > limit:
-                raise ConfigError(
+                plan.problems.append(
                     f"workers.{name}.engine_args.gpu_memory_utilization: {util} of "
                     f"{plan.label()} is {util * plan.capacity:.1f} GiB, but a restarted vLLM "
                     f"finds only {plan.capacity - others:.1f} GiB free beside "
@@ -230,13 +232,14 @@ def memory_plan(config: Config, devices: list[tuple[str, float]] | None = None
 
 
 def check_plan(plans: list[GpuPlan]) -> None:
-    """Raise naming each GPU whose workers' peaks do not fit, and the workers on it."""
+    """Raise naming each GPU whose workers' peaks do not fit, and the workers on it; then
+    any other problem the plan found."""
     problems = [
         f"gpu: {p.label()}: the workers' peaks add up to {p.peak:.1f} GiB, which leaves "
         f"{p.free:.1f} GiB free where {p.headroom:.1f} GiB of headroom is needed; workers: "
         + ", ".join(f"{r.worker} {r.peak:.1f}" for r in p.rows)
         for p in plans if not p.fits
-    ]
+    ] + [problem for p in plans for problem in p.problems]
     if problems:
         raise ConfigError("\n".join(problems))
 
