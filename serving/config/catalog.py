@@ -46,8 +46,11 @@ class HubSource(Strict):
     """Weights on the Hugging Face hub, downloaded once into the cache on GPU nodes."""
 
     hub: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
-    revision: str | None = None
+    revision: str | None = Field(
+        default=None, description="A branch, tag or commit; `serving models prepare` logs the "
+        "commit it downloaded and records it in cache_dir/revisions.json, to pin here.")
     ignore_patterns: list[str] = Field(default_factory=lambda: ["original/*", "*.pth"])
+    gated: bool = Field(default=False, description="Needs an accepted licence and HF_TOKEN.")
 
 
 class PathSource(Strict):
@@ -169,6 +172,28 @@ class TranscriptionOptions(Strict):
     max_file_bytes: int = Field(default=25 * 1000 * 1000, ge=1)
 
 
+class GpuMemory(Strict):
+    """What a model needs on a GPU, in GiB, in its catalog dtype: the numbers the memory plan
+    (`serving config check`) adds up. Weights are per component, so a pipeline offloaded one
+    component at a time is planned by its largest one."""
+
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        min_length=1, description="Component (diffusers subfolder, or `model`) -> GiB.")
+    activations: float = Field(
+        default=0.0, ge=0, description="Working memory of one item at the largest size the "
+        "entry allows: an image or video being denoised, a transcription, vLLM's profiling "
+        "peak and CUDA graphs.")
+    decode: float = Field(
+        default=0.0, ge=0, description="Diffusers: the VAE decoding one item at the largest "
+        "size (with vae_slicing a batch decodes one item at a time).")
+    kv_bytes_per_token: int | None = Field(
+        default=None, ge=1, description="vLLM: KV cache bytes a token takes, to show tokens.")
+
+    @property
+    def total_weights(self) -> float:
+        return sum(self.weights.values())
+
+
 class ModelEntry(Strict):
     id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
     aliases: list[str] = Field(default_factory=list)
@@ -183,6 +208,8 @@ class ModelEntry(Strict):
     capabilities: set[Capability] = Field(default_factory=set)
     owned_by: str = "serving"
     engine_defaults: dict[str, Any] = Field(default_factory=dict)
+    gpu_memory: GpuMemory | None = Field(
+        default=None, description="Needed by the memory plan of any CUDA config that runs it.")
     image: ImageOptions | None = None
     video: VideoOptions | None = None
     speech: SpeechOptions | None = None

@@ -8,7 +8,7 @@ arguments so nothing downstream has to look anything up again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -123,8 +123,24 @@ class WorkerConfig(Strict):
                                                                           exclude=True)
 
 
+class GpuSpec(Strict):
+    """The GPUs a CUDA config plans for (`serving config check` adds each worker's memory up
+    against them). Unset memory is read from the device, where one is present."""
+
+    kind: str = Field(default="GPU", description="A name for messages, e.g. `H100 80GB`.")
+    count: int = Field(default=1, ge=1, description="GPUs 0..count-1 of the node.")
+    memory_gib: float | None = Field(
+        default=None, gt=0, description="Usable memory of each GPU, as the driver reports it.")
+    memory_gib_per_gpu: dict[int, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="GPU index -> GiB, where GPUs differ.")
+    headroom_gib: float = Field(
+        default=2.0, ge=0, description="Planned peaks must leave this much free on each GPU "
+        "(allocator fragmentation, the odd larger request).")
+
+
 class Config(Strict):
     device: Literal["cpu", "cuda"] = "cpu"
+    gpu: GpuSpec = Field(default_factory=GpuSpec)
     cache_dir: Path = Field(
         default=Path("~/.cache/serving"),
         description="Prepared model folders live here; SERVING_CACHE_DIR overrides it.",

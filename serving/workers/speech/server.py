@@ -23,6 +23,7 @@ from serving.sse import sse_event
 from serving.workers.app import check_model, worker_app
 from serving.workers.spec import MediaWorkerSpec
 from serving.workers.speech.engines import SpeechEngine, load_engine, split_sentences
+from serving.workers.warmup import warm_up_speech
 
 
 def create_app(spec: MediaWorkerSpec) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
         state["engine"] = await asyncio.to_thread(
             load_engine, spec.entry.engine, model_dir, threads=spec.args.threads,
             providers=spec.args.providers, lang=spec.args.lang)
+        await asyncio.to_thread(warm_up_speech, spec.name, state["engine"], spec.entry)
         yield
 
     app = worker_app(spec, lifespan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ from serving.errors import invalid_request
 from serving.protocol.audio import TranscriptionParams
 
 SAMPLE_RATE = 16000
+WINDOW_S = 30  # Whisper hears 30 s at a time
+
+log = logging.getLogger("serving.workers.transcription")
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -47,28 +51,57 @@ class Transcript:
         return {"type": "duration", "seconds": math.ceil(self.duration)}
 
 
+def preload_cublas12() -> None:
+    """Load the cuBLAS 12 that pip's `nvidia-cublas-cu12` installs, where it is installed.
+
+    ctranslate2's CUDA build links the CUDA 12 runtime statically but opens `libcublas.so.12`
+    by name at its first matrix product; beside vLLM's CUDA 13 there is no such file on the
+    loader's path. Once loaded here, the dynamic loader matches that later open by soname to
+    this copy (as torch does with its own pip CUDA libraries).
+    """
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("nvidia.cublas")
+    except ModuleNotFoundError:  # no `nvidia` namespace at all
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return  # the system's own cuBLAS 12, if any, is found the usual way
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    for name in ("libcublasLt.so.12", "libcublas.so.12"):
+        if (lib / name).exists():
+            ctypes.CDLL(str(lib / name), mode=ctypes.RTLD_GLOBAL)
+
+
 class Transcriber:
     def __init__(self, model_path: str, args: WhisperArgs, device: str):
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
         from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
         # LANGUAGES: Whisper's language names ("english"), which verbose_json reports.
+        if device == "cuda":
+            preload_cublas12()
         self.args = args
         self.model = WhisperModel(model_path, device=device, compute_type=args.compute_type,
                                   cpu_threads=args.cpu_threads, num_workers=args.num_workers)
+        self.batched = BatchedInferencePipeline(self.model) if args.batch_size > 1 else None
         self.language_names: dict[str, str] = LANGUAGES
 
     def transcribe(self, audio: np.ndarray, params: TranscriptionParams):
         """Yield segments as Whisper finishes them; the Transcript is the generator's value."""
-        segments, info = self.model.transcribe(
-            audio,
-            language=params.language,
-            initial_prompt=params.prompt,
-            temperature=params.temperature,
-            beam_size=self.args.beam_size,
-            vad_filter=self.args.vad_filter,
-            word_timestamps=params.words,
-        )
+        options = {"language": params.language, "initial_prompt": params.prompt,
+                   "temperature": params.temperature, "beam_size": self.args.beam_size,
+                   "word_timestamps": params.words}
+        if self.batched is not None and len(audio) > WINDOW_S * SAMPLE_RATE:
+            log.info("transcribing %.0f s of audio in windows, %d at a time",
+                     len(audio) / SAMPLE_RATE, self.args.batch_size)
+            segments, info = self.batched.transcribe(
+                audio, vad_filter=True, batch_size=self.args.batch_size, **options)
+        else:
+            segments, info = self.model.transcribe(audio, vad_filter=self.args.vad_filter,
+                                                   **options)
         out, words = [], []
         for i, s in enumerate(segments):
             segment = {

@@ -33,6 +33,16 @@ from serving.workers.transcription.engine import (
     to_verbose_json,
     to_vtt,
 )
+from serving.workers.warmup import warm_up_transcription
+
+
+def _drain(segments: Iterator[dict[str, Any]]) -> Transcript:
+    """Run the engine's generator to its end, on this thread; its return value is the
+    transcript (for the warm-up, which nobody can leave)."""
+    while True:
+        finished, value = _step(segments)
+        if finished:
+            return value
 
 
 def _step(segments: Iterator[dict[str, Any]]) -> tuple[bool, Any]:
@@ -106,6 +116,11 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
     async def lifespan(_: FastAPI):
         engine = await asyncio.to_thread(Transcriber, str(spec.model_path), spec.args,
                                          spec.device)
+        silence = TranscriptionParams(language=options.languages[0], prompt=None,
+                                      temperature=0.0, response_format="json", words=False,
+                                      segments=False, stream=False)
+        await asyncio.to_thread(warm_up_transcription, spec.name,
+                                lambda audio: _drain(engine.transcribe(audio, silence)))
         state["transcriptions"] = Transcriptions(engine, spec.args.num_workers)
         yield
 

@@ -32,17 +32,23 @@ class VideoEngine:
                     raise Cancelled
                 on_progress(DENOISE_SHARE * step // params.steps)
 
-            frames = self.pipe(
-                prompt=params.prompt,
-                width=params.width,
-                height=params.height,
-                num_frames=params.num_frames,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance,
-                generator=generator(params.seed),
-                output_type="np",
-                callback_on_step_end=step_callback(on_step),
-            ).frames[0]
+            try:
+                frames = self.pipe(
+                    prompt=params.prompt,
+                    width=params.width,
+                    height=params.height,
+                    num_frames=params.num_frames,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    generator=generator(params.seed),
+                    output_type="np",
+                    callback_on_step_end=step_callback(on_step),
+                ).frames[0]
+            except BaseException:
+                # The pipeline offloads its components only at the end of a call it finishes;
+                # one stopped mid-way would keep the transformer on the GPU until the next.
+                self.pipe.maybe_free_model_hooks()
+                raise
         tmp = output.with_name(output.name + ".part")
         encode_mp4(frames, params.fps, tmp)
         tmp.replace(output)

@@ -24,6 +24,7 @@ from serving.workers.app import worker_app
 from serving.workers.diffusion import Cancelled, load_pipeline
 from serving.workers.spec import MediaWorkerSpec
 from serving.workers.videos.engine import VideoEngine
+from serving.workers.warmup import warm_up_video
 
 log = logging.getLogger("serving.workers.videos")
 
@@ -38,7 +39,8 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        state["engine"] = VideoEngine(await asyncio.to_thread(load_pipeline, spec))
+        state["engine"] = engine = VideoEngine(await asyncio.to_thread(load_pipeline, spec))
+        await asyncio.to_thread(warm_up_video, spec.name, engine, spec.entry)
         yield
 
     app = worker_app(spec, lifespan)
