@@ -16,7 +16,7 @@ from serving.protocol.audio import TranscriptionParams
 from serving.weights.prepare import prepare_model
 from serving.workers.speech.engines import load_engine
 from serving.workers.transcription.engine import SAMPLE_RATE, Transcriber, decode
-from serving.workers.transcription.server import _run
+from serving.workers.transcription.server import _drain
 
 ROOT = Path(__file__).resolve().parent.parent
 FOX = "The quick brown fox jumps over the lazy dog. "
@@ -42,7 +42,7 @@ def test_long_audio_transcribes_batched_or_not(batch_size: int,
                                  response_format="json", words=False, segments=False,
                                  stream=False)
     with caplog.at_level(logging.INFO, logger="serving.workers.transcription"):
-        transcript = _run(engine.transcribe(audio, params))
+        transcript = _drain(engine.transcribe(audio, params))
     assert ("in windows, 4 at a time" in caplog.text) == (batch_size == 4)
     words = transcript.text.lower().replace(",", "").replace(".", "").split()
     assert words.count("fox") >= 12, transcript.text
