@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from serving.launcher.background import BackgroundStack, start_background_stack
-from serving.launcher.stack import free_port
+from serving.launcher.supervisor import free_port
 from serving.router.auth import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
 

@@ -107,7 +107,8 @@ class WorkerConfig(Strict):
         default_factory=dict, description="Overrides on the catalog entry's engine_defaults."
     )
     port: int | None = Field(
-        default=None, ge=1, le=65535, description="Internal port; a free one if unset."
+        default=None, ge=1, le=65535,
+        description="Internal port; if unset, a fresh free one on each start and restart."
     )
     gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
     env: dict[str, str] = Field(default_factory=dict)

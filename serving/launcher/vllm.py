@@ -15,9 +15,7 @@ from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.weights.prepare import chat_template_path
 
 
-def vllm_worker(
-    name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
-) -> WorkerSpec:
+def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path) -> WorkerSpec:
     entry, args = worker.entry, worker.args
     assert entry is not None and isinstance(args, VllmArgs)
     caps = entry.capabilities
@@ -25,8 +23,7 @@ def vllm_worker(
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path),
         "--served-model-name", entry.id,
-        "--host", "127.0.0.1",
-        "--port", str(port),
+        "--host", "127.0.0.1",  # the supervisor adds --port, fresh for each start
         "--dtype", args.dtype,
         # The router owns the public contract: usage details on, fingerprint and per-request
         # access logs off (the router logs requests, with ids).
@@ -63,6 +60,6 @@ def vllm_worker(
         name=name,
         argv=argv,
         env=worker_env(worker.env, worker.gpus),
-        port=port,
+        port=worker.port,
         startup_timeout_s=worker.startup_timeout_s,
     )
