@@ -19,10 +19,10 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.config import ApiKey, Limits, RouterConfig
+from serving.config.keys import hash_key, keys_from_env
 from serving.errors import OpenAIError
 
-ENV_KEYS = "SERVING_API_KEYS"
-ENV_ADMIN_KEYS = "SERVING_ADMIN_KEYS"
+__all__ = ["hash_key", "keys_from_env"]  # where the CLI and tests have always found them
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,8 @@ class UnresolvedKey(ValueError):
     """A configured key that cannot be used (its environment variable is unset)."""
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def generate_key() -> str:
     return "sk-" + secrets.token_urlsafe(32)
-
-
-def keys_from_env(environ: dict[str, str] | None = None) -> list[ApiKey]:
-    """Comma-separated keys from SERVING_API_KEYS (named env-N) and SERVING_ADMIN_KEYS
-    (admin-N, which may also read usage and metrics)."""
-    environ = environ if environ is not None else os.environ
-    out = []
-    for var, prefix, admin in ((ENV_KEYS, "env", False), (ENV_ADMIN_KEYS, "admin", True)):
-        keys = [k.strip() for k in environ.get(var, "").split(",") if k.strip()]
-        out += [ApiKey(name=f"{prefix}-{i}", sha256=hash_key(k), admin=admin)
-                for i, k in enumerate(keys, 1)]
-    return out
 
 
 def ensure_generated_key(path: Path) -> tuple[ApiKey, bool]:
