@@ -44,7 +44,6 @@ class Meter:
     images: int = 0
     characters: int = 0
     audio_seconds: float = 0.0
-    video_seconds: float = 0.0
     reserved_tokens: int = 0  # held in the key's tokens bucket until the request ends
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
     first_token_at: float | None = None
@@ -152,7 +151,7 @@ class Metering:
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
             cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
             images=m.images, audio_seconds=m.audio_seconds, characters=m.characters,
-            video_seconds=m.video_seconds, latency_ms=latency * 1000,
+            latency_ms=latency * 1000,
         ))
 
 

@@ -21,7 +21,6 @@ from serving.errors import OpenAIError, invalid_request
 from serving.protocol.images import random_seed
 from serving.protocol.videos import VideoCreateRequest, resolve_video_request
 from serving.router.json_body import loads
-from serving.router.metering import meter
 from serving.router.videos.store import ID_PATTERN, Job, JobStore
 
 router = APIRouter()
@@ -98,8 +97,7 @@ async def create_video(request: Request) -> dict[str, Any]:
     job = await asyncio.to_thread(store.create, owner, served.entry.id,
                                   f"{params.width}x{params.height}", str(params.seconds), params)
     videos.dispatchers[served.entry.id].wake()
-    meter(request).video_seconds = float(params.seconds)
-    return job.resource()
+    return job.resource()  # its seconds are billed when the render completes
 
 
 for _path in ("/v1/videos", "/v1/videos/generations"):
