@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 
 import pytest
 
@@ -216,6 +217,21 @@ def test_repeated_long_prompt_reads_the_cache(client):
     assert second.cache_read_input_tokens > 0
     assert second.cache_read_input_tokens == second.prompt_tokens_details.cached_tokens
     assert second.cache_read_input_tokens >= first.cache_creation_input_tokens * 0.9
+
+
+def test_the_prompt_cache_is_not_shared_between_keys(stack, client):
+    """Key B sending key A's long prompt must not learn from `cached_tokens` that A sent it."""
+    from openai import OpenAI
+
+    other = OpenAI(base_url=stack.v1, api_key=stack.other_key, max_retries=0, timeout=120)
+    private = f"Case {secrets.token_hex(8)}: " + "A private memo about the merger terms. " * 120
+    messages = [{"role": "system", "content": private}, {"role": "user", "content": "Summary?"}]
+    sent = chat(client, messages=messages, max_tokens=1).usage
+    assert sent.prompt_tokens > 1000 and sent.cache_creation_input_tokens > 0
+    replayed = chat(other, messages=messages, max_tokens=1).usage
+    assert replayed.cache_read_input_tokens == replayed.prompt_tokens_details.cached_tokens == 0
+    again = chat(client, messages=messages, max_tokens=1).usage
+    assert again.cache_read_input_tokens >= sent.cache_creation_input_tokens * 0.9
 
 
 def test_n_greater_than_one_returns_one_choice(client):

@@ -9,6 +9,7 @@ whether it may read usage and metrics.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -35,9 +36,18 @@ class Principal:
     limits: Limits
     models: frozenset[str] | None = None
     admin: bool = False
+    cache_group: str | None = None
 
     def may_use(self, *names: str) -> bool:
         return self.models is None or not self.models.isdisjoint(names)
+
+    @functools.cached_property
+    def cache_salt(self) -> str:
+        """vLLM's `cache_salt` for this key's requests: only requests with the same salt share
+        cached prompt blocks, so one key cannot learn from `cached_tokens` what another sent.
+        Made from the key's hash (or its cache group's name), never from the key itself."""
+        source = f"group:{self.cache_group}" if self.cache_group else f"key:{self.sha256}"
+        return hashlib.sha256(b"serving-cache-salt:" + source.encode()).hexdigest()
 
 
 class UnresolvedKey(ValueError):
@@ -84,6 +94,7 @@ def principals(keys: list[ApiKey], default_limits: Limits,
         out.append(Principal(
             name=key.name, sha256=digest, limits=key.limits or default_limits,
             models=frozenset(key.models) if key.models is not None else None, admin=key.admin,
+            cache_group=key.cache_group,
         ))
     return out
 

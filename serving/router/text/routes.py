@@ -48,6 +48,8 @@ async def _forward(request: Request, served: Served, path: str, body: dict[str, 
     metering = request.app.state.metering
     await metering.admit(request, served, await _token_budget(request, served, body))
     body["model"] = served.entry.id
+    # Each key (or cache group) its own prompt cache; clients cannot set this field.
+    body["cache_salt"] = request.state.key.cache_salt
     return await forward(
         request,
         served.worker,
