@@ -91,15 +91,28 @@ def test_stream_with_usage_ends_with_usage_chunk(client, openai_schema, http):
     assert all(c.usage is None for c in content)
     assert last.usage.completion_tokens > 0
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
-    with http.stream("POST", "/v1/chat/completions", json={
-        "model": CHAT_MODEL, "messages": ASK, "max_tokens": 4, "stream": True,
-        "stream_options": {"include_usage": True}}) as r:
-        events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    usage_chunk = json.loads(events[-2].removeprefix("data: "))
-    openai_schema(usage_chunk, "CreateChatCompletionStreamResponse")
-    assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
-    assert "cache_creation_input_tokens" in usage_chunk["usage"]
+    # A prompt long enough to fill cache blocks, sent twice: the second stream's usage event
+    # says how much of it came from the cache.
+    system = f"Stream {secrets.token_hex(8)}. " + "Tell me about the longest rivers. " * 60
+    messages = [{"role": "system", "content": system}, *ASK]
+
+    def usage_event() -> dict:
+        with http.stream("POST", "/v1/chat/completions", json={
+            "model": CHAT_MODEL, "messages": messages, "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}}) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        usage_chunk = json.loads(events[-2].removeprefix("data: "))
+        openai_schema(usage_chunk, "CreateChatCompletionStreamResponse")
+        assert usage_chunk["choices"] == []
+        return usage_chunk["usage"]
+
+    first, second = usage_event(), usage_event()
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    assert first["cache_creation_input_tokens"] > 0
+    cached = second["prompt_tokens_details"]["cached_tokens"]
+    assert cached == second["cache_read_input_tokens"]
+    assert cached >= first["cache_creation_input_tokens"] * 0.9
+    assert 0 < cached <= second["prompt_tokens"]
 
 
 def test_completions_plain_and_streamed(client, http, openai_schema):
