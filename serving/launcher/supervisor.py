@@ -44,10 +44,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def local_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
 @dataclass
 class WorkerSpec:
     """How to run a worker. `argv` has no port: each start appends `--port N`, with the
@@ -110,9 +106,9 @@ class Supervisor:
     @property
     def url(self) -> str:
         assert self.port is not None, "the worker has not been started"
-        return local_url(self.port)
+        return f"http://127.0.0.1:{self.port}"
 
-    def _healthy_at_url(self) -> None:
+    def _became_healthy(self) -> None:
         self.state = State.up
         for callback in self.on_up:
             callback(self.url)
@@ -168,7 +164,7 @@ class Supervisor:
             self.state = State.starting
             pump = asyncio.create_task(self._pump_logs(process))
             if await self._wait_healthy(process):
-                self._healthy_at_url()
+                self._became_healthy()
                 self._monitor = asyncio.create_task(self._watch(process, pump))
                 return
             hung = process.returncode is None
@@ -218,7 +214,7 @@ class Supervisor:
             self.restarts += 1
             pump = asyncio.create_task(self._pump_logs(process))
             if await self._wait_healthy(process):
-                self._healthy_at_url()
+                self._became_healthy()
                 log.info("%s: healthy again after restart %d at %s", self.name, self.restarts,
                          self.url)
             else:
