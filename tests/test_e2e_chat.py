@@ -240,7 +240,7 @@ def test_the_prompt_cache_is_not_shared_between_keys(stack, client):
     private = f"Case {secrets.token_hex(8)}: " + "A private memo about the merger terms. " * 120
     messages = [{"role": "system", "content": private}, {"role": "user", "content": "Summary?"}]
     sent = chat(client, messages=messages, max_tokens=1).usage
-    assert sent.prompt_tokens > 1000 and sent.cache_creation_input_tokens > 0
+    assert sent.prompt_tokens > 500 and sent.cache_creation_input_tokens > 0
     replayed = chat(other, messages=messages, max_tokens=1).usage
     assert replayed.cache_read_input_tokens == replayed.prompt_tokens_details.cached_tokens == 0
     again = chat(client, messages=messages, max_tokens=1).usage
