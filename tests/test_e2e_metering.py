@@ -95,7 +95,7 @@ def test_every_request_is_in_the_ledger_with_its_usage(admin):
                                              "size": "128x128"})
     assert video.status_code == 200
     dropped_video = metered.post("/v1/videos", json={"model": "wan-tiny", "prompt": "b",
-                                                     "seconds": "2", "size": "128x128"}).json()
+                                                     "seconds": "1", "size": "128x128"}).json()
     assert metered.delete(f"/v1/videos/{dropped_video['id']}").status_code == 200
     # One render at a time per model, in order: while the first is unfinished, the deleted
     # one was never started.
