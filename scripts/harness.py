@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.launcher.stack import free_port
+from serving.launcher.supervisor import free_port
 
 
 @dataclass

@@ -109,6 +109,36 @@ def test_bad_overlay_names_file_key_and_problem(tmp_path: Path, text: str, expec
     assert expected in str(e.value)
 
 
+SHA = "ab" * 32
+
+
+def test_two_keys_with_one_name_are_a_config_error(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("SERVING_API_KEYS", raising=False)
+    monkeypatch.delenv("SERVING_ADMIN_KEYS", raising=False)
+    keys = write(tmp_path, "keys.yaml", f"router: {{api_keys: [{{name: ops, sha256: {SHA}}}, "
+                 f"{{name: ops, env: OPS_KEY}}]}}")
+    with pytest.raises(ConfigError) as e:
+        load_config([ROOT / "configs" / "cpu.yaml", keys])
+    assert str(e.value).startswith(f"{keys}: router.api_keys: the key name 'ops' is used "
+                                   "twice (router.api_keys[0] and router.api_keys[1])")
+
+
+def test_a_config_key_named_like_an_environment_key_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("SERVING_API_KEYS", raising=False)
+    monkeypatch.delenv("SERVING_ADMIN_KEYS", raising=False)
+    keys = write(tmp_path, "keys.yaml", f"router: {{api_keys: [{{name: admin-2, sha256: {SHA}}}]}}")
+    cpu = ROOT / "configs" / "cpu.yaml"
+    assert load_config([cpu, keys]).router.api_keys[0].name == "admin-2"
+    monkeypatch.setenv("SERVING_ADMIN_KEYS", "sk-one, sk-two")
+    with pytest.raises(ConfigError) as e:
+        load_config([cpu, keys])
+    assert str(e.value).startswith(f"{keys}: router.api_keys: the key name 'admin-2' is used "
+                                   "twice (router.api_keys[0] and SERVING_ADMIN_KEYS (its key 2))")
+
+
 def test_bad_catalog_entry_names_its_file(tmp_path: Path):
     (tmp_path / "models").mkdir()
     write(tmp_path / "models", "broken.yaml",

@@ -241,30 +241,33 @@ def test_speed_two_is_shorter(http):
 
 def test_instructions_are_accepted(http):
     r = http.post("/v1/audio/speech", json={"model": TTS, "input": "hello", "voice": "alloy",
-                                            "instructions": "Speak cheerfully."})
-    assert r.status_code == 200
+                                            "instructions": "Speak cheerfully.",
+                                            "response_format": "wav"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == CONTENT_TYPES["wav"]
+    assert duration_s(r.content, "wav") > 0.2  # speech, not an empty file
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "status"),
     [
-        ({"voice": "nobody"}, "voice"),
-        ({"input": ""}, "input"),
-        ({"input": "   "}, "input"),
-        ({"input": "x" * 4097}, "input"),
-        ({"response_format": "ogg"}, "response_format"),
-        ({"speed": 0.1}, "speed"),
-        ({"speed": 4.5}, "speed"),
-        ({"stream_format": "chunks"}, "stream_format"),
-        ({"model": STT}, "model"),
-        ({"model": "tts-9"}, "model"),
-        ({"pitch": 3}, "pitch"),
+        ({"voice": "nobody"}, "voice", 400),
+        ({"input": ""}, "input", 400),
+        ({"input": "   "}, "input", 400),
+        ({"input": "x" * 4097}, "input", 400),
+        ({"response_format": "ogg"}, "response_format", 400),
+        ({"speed": 0.1}, "speed", 400),
+        ({"speed": 4.5}, "speed", 400),
+        ({"stream_format": "chunks"}, "stream_format", 400),
+        ({"model": STT}, "model", 400),
+        ({"model": "tts-9"}, "model", 404),
+        ({"pitch": 3}, "pitch", 400),
     ],
 )
-def test_bad_speech_requests(http, body, param):
+def test_bad_speech_requests(http, body, param, status):
     r = http.post("/v1/audio/speech",
                   json={"model": TTS, "input": FOX, "voice": "alloy", **body})
-    assert r.status_code in (400, 404), r.text
+    assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == param
 
 

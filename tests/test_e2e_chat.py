@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 
 import pytest
@@ -91,15 +92,28 @@ def test_stream_with_usage_ends_with_usage_chunk(client, openai_schema, http):
     assert all(c.usage is None for c in content)
     assert last.usage.completion_tokens > 0
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
-    with http.stream("POST", "/v1/chat/completions", json={
-        "model": CHAT_MODEL, "messages": ASK, "max_tokens": 4, "stream": True,
-        "stream_options": {"include_usage": True}}) as r:
-        events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    usage_chunk = json.loads(events[-2].removeprefix("data: "))
-    openai_schema(usage_chunk, "CreateChatCompletionStreamResponse")
-    assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
-    assert "cache_creation_input_tokens" in usage_chunk["usage"]
+    # A prompt long enough to fill cache blocks, sent twice: the second stream's usage event
+    # says how much of it came from the cache.
+    system = f"Stream {secrets.token_hex(8)}. " + "Tell me about the longest rivers. " * 60
+    messages = [{"role": "system", "content": system}, *ASK]
+
+    def usage_event() -> dict:
+        with http.stream("POST", "/v1/chat/completions", json={
+            "model": CHAT_MODEL, "messages": messages, "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}}) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        usage_chunk = json.loads(events[-2].removeprefix("data: "))
+        openai_schema(usage_chunk, "CreateChatCompletionStreamResponse")
+        assert usage_chunk["choices"] == []
+        return usage_chunk["usage"]
+
+    first, second = usage_event(), usage_event()
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    assert first["cache_creation_input_tokens"] > 0
+    cached = second["prompt_tokens_details"]["cached_tokens"]
+    assert cached == second["cache_read_input_tokens"]
+    assert cached >= first["cache_creation_input_tokens"] * 0.9
+    assert 0 < cached <= second["prompt_tokens"]
 
 
 def test_completions_plain_and_streamed(client, http, openai_schema):
@@ -217,6 +231,21 @@ def test_repeated_long_prompt_reads_the_cache(client):
     assert second.cache_read_input_tokens > 0
     assert second.cache_read_input_tokens == second.prompt_tokens_details.cached_tokens
     assert second.cache_read_input_tokens >= first.cache_creation_input_tokens * 0.9
+
+
+def test_the_prompt_cache_is_not_shared_between_keys(stack, client):
+    """Key B sending key A's long prompt must not learn from `cached_tokens` that A sent it."""
+    from openai import OpenAI
+
+    other = OpenAI(base_url=stack.v1, api_key=stack.other_key, max_retries=0, timeout=120)
+    private = f"Case {secrets.token_hex(8)}: " + "A private memo about the merger terms. " * 120
+    messages = [{"role": "system", "content": private}, {"role": "user", "content": "Summary?"}]
+    sent = chat(client, messages=messages, max_tokens=1).usage
+    assert sent.prompt_tokens > 500 and sent.cache_creation_input_tokens > 0
+    replayed = chat(other, messages=messages, max_tokens=1).usage
+    assert replayed.cache_read_input_tokens == replayed.prompt_tokens_details.cached_tokens == 0
+    again = chat(client, messages=messages, max_tokens=1).usage
+    assert again.cache_read_input_tokens >= sent.cache_creation_input_tokens * 0.9
 
 
 def test_n_greater_than_one_returns_one_choice(client):

@@ -3,6 +3,7 @@ SIGTERM leaves no process behind. Uses its own stack, so it can break it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -54,6 +55,11 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
         assert httpx.get(stack.base_url + "/ready").status_code == 503
         wait_ready(stack.base_url)
         assert http.post("/chat/completions", json=BODY).status_code == 200
+        # It came back on a fresh port (none is configured), where the router reached it;
+        # the runtime file says where it is now.
+        now = json.loads((tmp_path / "runtime.json").read_text())["workers"]["chat"]
+        assert now["pid"] != worker_pid and now["url"] != stack.worker_url("chat")
+        assert httpx.get(now["url"] + "/health").status_code == 200
         assert "restarting in" in stack.log_text()
 
         # Lines from the worker are prefixed with its name.

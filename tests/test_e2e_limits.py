@@ -19,7 +19,7 @@ import pytest
 import redis
 from harness import BackgroundStack, start_background_stack
 
-from serving.launcher.stack import free_port
+from serving.launcher.supervisor import free_port
 from serving.router.keys import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
 
@@ -129,7 +129,7 @@ def test_a_key_sees_and_uses_only_its_models(limited: BackgroundStack):
     # Another key, with every model, may draw.
     r = as_key(limited, limited.key).post("/images/generations",
                                           json={"model": "flux-tiny", "prompt": "a cat"})
-    assert r.status_code == 200
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
 
 
 def test_a_full_model_answers_503_at_once(limited: BackgroundStack):
@@ -162,33 +162,45 @@ def test_metrics_without_a_key_on_their_own_port(limited: BackgroundStack):
     assert httpx.get(limited.base_url + "/metrics").status_code == 401
 
 
-def test_sigterm_finishes_requests_in_flight(limited: BackgroundStack):
-    """Runs last in this file: it stops the stack."""
-    http = as_key(limited, limited.key)
-    events: list[str] = []
-
-    def stream() -> None:
-        with http.stream("POST", "/chat/completions", json=long_story(120)) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    events.append(line)
-
-    reader = threading.Thread(target=stream)
-    reader.start()
-    deadline = time.monotonic() + 60
-    while not events:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    limited.process.send_signal(signal.SIGTERM)
-    reader.join(120)
-    assert events[-1] == "data: [DONE]"  # the stream in flight ran to its end
-    finish = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-1]
-              if json.loads(e[6:])["choices"]]
-    assert finish[-1] == "length"
-    assert limited.process.wait(60) == 0
-    with pytest.raises(httpx.TransportError):
-        http.post("/chat/completions", json=ask())
-    # No key this stack knew (most were used above) is in its log.
+def test_no_key_is_in_the_log(limited: BackgroundStack):
+    for key in (RPM_KEY, TPM_KEY, NARROW_KEY, limited.key, limited.admin_key):
+        as_key(limited, key).get("/models")
     log = limited.log_text()
     for key in (RPM_KEY, TPM_KEY, NARROW_KEY, limited.key, limited.admin_key):
         assert key not in log
+
+
+def test_sigterm_finishes_requests_in_flight(tmp_path: Path):
+    """It stops its stack, so it has one of its own: a chat worker only."""
+    overlay = tmp_path / "chat-only.yaml"
+    overlay.write_text("workers: {images: {enabled: false}, videos: {enabled: false}, "
+                       "speech: {enabled: false}, transcription: {enabled: false}}\n")
+    root = Path(__file__).resolve().parent.parent
+    stack = start_background_stack([root / "configs" / "cpu.yaml", overlay], tmp_path)
+    try:
+        http = as_key(stack, stack.key)
+        events: list[str] = []
+
+        def stream() -> None:
+            with http.stream("POST", "/chat/completions", json=long_story(120)) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line)
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not events:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stack.process.send_signal(signal.SIGTERM)
+        reader.join(120)
+        assert events[-1] == "data: [DONE]"  # the stream in flight ran to its end
+        finish = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-1]
+                  if json.loads(e[6:])["choices"]]
+        assert finish[-1] == "length"
+        assert stack.process.wait(60) == 0
+        with pytest.raises(httpx.TransportError):
+            http.post("/chat/completions", json=ask())
+    finally:
+        stack.stop()

@@ -109,26 +109,26 @@ def test_another_key_sees_nothing(stack, http):
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "status"),
     [
-        ({"prompt": ""}, "prompt"),
-        ({"prompt": "  "}, "prompt"),
-        ({}, "prompt"),
-        ({"prompt": "x", "size": "1920x1080"}, "size"),
-        ({"prompt": "x", "seconds": "4"}, "seconds"),
-        ({"prompt": "x", "seconds": "0"}, "seconds"),
-        ({"prompt": "x", "fps": 1000}, "fps"),
-        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
-        ({"prompt": "x", "seed": -3}, "seed"),
-        ({"prompt": "x", "input_reference": {"image_url": "x"}}, "input_reference"),
-        ({"prompt": "x", "style": "noir"}, "style"),
-        ({"prompt": "x", "model": "sora-9"}, "model"),
-        ({"prompt": "x", "model": CHAT_MODEL}, "model"),
+        ({"prompt": ""}, "prompt", 400),
+        ({"prompt": "  "}, "prompt", 400),
+        ({}, "prompt", 400),
+        ({"prompt": "x", "size": "1920x1080"}, "size", 400),
+        ({"prompt": "x", "seconds": "4"}, "seconds", 400),
+        ({"prompt": "x", "seconds": "0"}, "seconds", 400),
+        ({"prompt": "x", "fps": 1000}, "fps", 400),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps", 400),
+        ({"prompt": "x", "seed": -3}, "seed", 400),
+        ({"prompt": "x", "input_reference": {"image_url": "x"}}, "input_reference", 400),
+        ({"prompt": "x", "style": "noir"}, "style", 400),
+        ({"prompt": "x", "model": "sora-9"}, "model", 404),
+        ({"prompt": "x", "model": CHAT_MODEL}, "model", 400),
     ],
 )
-def test_bad_video_requests(http, body, param):
+def test_bad_video_requests(http, body, param, status):
     r = http.post("/v1/videos", json={"model": MODEL, **body})
-    assert r.status_code in (400, 404), r.text
+    assert r.status_code == status, r.text
     validate_openai(r.json(), "ErrorResponse")
     assert r.json()["error"]["param"] == param
 
@@ -137,7 +137,7 @@ def test_bad_multipart_is_rejected_too(http):
     r = http.post("/v1/videos", data={"model": MODEL, "prompt": "x", "seconds": "9"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "seconds"
     r = http.post("/v1/videos", content=b"{oops", headers={"content-type": "application/json"})
-    assert r.status_code == 400
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize("video_id", [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.config import Limits, load_config
+from serving.config import ApiKey, Limits, load_config
 from serving.router.app import create_app
 from serving.router.context import Meter
 from serving.router.keys import (
@@ -187,3 +187,27 @@ def test_request_context_ids_and_admin_dependency(tmp_path: Path):
     assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
     assert r.headers["x-request-id"] == "trace-2"
     assert client.get("/metrics").status_code == 403
+
+
+def test_each_key_has_its_own_prompt_cache_unless_keys_share_a_group():
+    keys = principals([
+        ApiKey(name="a", sha256=hash_key("sk-a")),
+        ApiKey(name="b", sha256=hash_key("sk-b")),
+        ApiKey(name="team-1", sha256=hash_key("sk-t1"), cache_group="team"),
+        ApiKey(name="team-2", sha256=hash_key("sk-t2"), cache_group="team"),
+    ], Limits())
+    a, b, team1, team2 = (key.cache_salt for key in keys)
+    assert len({a, b, team1}) == 3 and team1 == team2
+    for key in keys:  # neither the key nor its hash travels to the worker
+        assert key.cache_salt not in (key.sha256, hash_key(key.sha256))
+    assert all(len(salt) <= 128 and "/" not in salt and "@" not in salt for salt in (a, team1))
+
+
+def test_clients_cannot_choose_the_cache_salt(tmp_path: Path):
+    client = router(tmp_path)
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user",
+                                                               "content": "hi"}]}),
+                       ("/v1/completions", {"prompt": "hi"})):
+        r = client.post(path, json={"model": "smollm2-135m-instruct", "cache_salt": "x", **body})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "cache_salt"

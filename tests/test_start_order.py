@@ -15,8 +15,7 @@ import pytest
 
 from serving.config import load_config
 from serving.launcher.order import start_after, start_in_order
-from serving.launcher.stack import free_port
-from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
+from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

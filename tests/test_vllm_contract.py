@@ -66,7 +66,8 @@ def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
         args, entry = worker.args, worker.entry
         assert spec.argv[1:3] == ["-m", vllm_contract.ENTRY_MODULE]
         assert importlib.util.find_spec(vllm_contract.ENTRY_MODULE) is not None
-        parsed = vllm_parser.parse_args(spec.argv[3:])
+        command = spec.command(spec.port or 8000)  # as the supervisor runs it
+        parsed = vllm_parser.parse_args(command[3:])
         validate_parsed_serve_args(parsed)
         # What the router's metering relies on.
         assert parsed.enable_prompt_tokens_details is True
@@ -74,7 +75,7 @@ def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
         # What the config asked for.
         assert parsed.model == f"/models/{spec.name}"
         assert parsed.served_model_name == [entry.id]
-        assert (parsed.host, parsed.port) == ("127.0.0.1", spec.port)
+        assert (parsed.host, parsed.port) == ("127.0.0.1", spec.port or 8000)
         assert parsed.dtype == resolve_dtype(args.dtype, cfg.device)
         caching = args.enable_prefix_caching and "prefix_caching" in entry.capabilities
         assert parsed.enable_prefix_caching is caching

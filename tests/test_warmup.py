@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from serving.config import load_config
 from serving.launcher.media import media_worker
-from serving.launcher.stack import free_port
 from serving.launcher.supervisor import Supervisor, WorkerFailed
 from serving.weights.prepare import prepare_model
 from serving.workers.spec import MediaWorkerSpec
@@ -51,8 +50,7 @@ def test_a_worker_whose_first_inference_fails_is_never_ready(tmp_path: Path):
     config = load_config([ROOT / "configs" / "cpu.yaml", overlay])
     worker = config.workers["images"]
     assert worker.entry is not None
-    spec = media_worker("images", worker, config, prepare_model(worker.entry, CACHE),
-                        free_port())
+    spec = media_worker("images", worker, config, prepare_model(worker.entry, CACHE))
     supervisor = Supervisor(spec, startup_attempts=1)
     assert spec.argv[0] == sys.executable
 

@@ -39,6 +39,11 @@ class ApiKey(Strict):
     limits: Limits | None = Field(default=None,
                                   description="Unset: the router's default_limits.")
     admin: bool = Field(default=False, description="May read /v1/usage and /metrics.")
+    cache_group: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$",
+        description="Keys with the same cache_group share vLLM's prompt (prefix) cache, and "
+        "so can tell from cached token counts what prompts the others sent. Unset: the key "
+        "has a cache of its own.")
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:
@@ -107,7 +112,8 @@ class WorkerConfig(Strict):
         default_factory=dict, description="Overrides on the catalog entry's engine_defaults."
     )
     port: int | None = Field(
-        default=None, ge=1, le=65535, description="Internal port; a free one if unset."
+        default=None, ge=1, le=65535,
+        description="Internal port; if unset, a fresh free one on each start and restart."
     )
     gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
     env: dict[str, str] = Field(default_factory=dict)

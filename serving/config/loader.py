@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from serving.config.catalog import ModelEntry
 from serving.config.deployment import Config
 from serving.config.engines import ENGINE_ARGS, VllmArgs
+from serving.config.keys import duplicate_key_name
 
 KeyPath = tuple[str | int, ...]
 
@@ -118,6 +119,9 @@ def load_config(paths: list[Path]) -> Config:
     for path in paths:
         deep_merge(merged, read_yaml(path), provenance, path)
     config: Config = validate(Config, merged, provenance)
+    keys_file = provenance.get(("router", "api_keys"), paths[-1])
+    if problem := duplicate_key_name(config.router.api_keys, keys_file):
+        raise ConfigError(problem)
 
     catalog_file = provenance.get(("catalog_dir",), paths[0])
     config.catalog_dir = (catalog_file.parent / config.catalog_dir.expanduser()).resolve()

@@ -23,6 +23,7 @@ from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
 from serving.router.admin import metrics_only_app
 from serving.router.app import create_app
+from serving.router.dependencies import services_of
 from serving.router.keys import (
     Principal,
     UnresolvedKey,
@@ -37,14 +38,6 @@ log = logging.getLogger("serving.launcher")
 WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker,
                    "faster-whisper": media_worker, "hibari": media_worker,
                    "kokoro": media_worker}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_keys(config: Config) -> list[Principal]:
@@ -66,7 +59,7 @@ def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpe
     for name, worker in config.workers.items():
         assert worker.entry is not None
         build = WORKER_BUILDERS[worker.entry.engine]
-        specs.append(build(name, worker, config, model_paths[name], worker.port or free_port()))
+        specs.append(build(name, worker, config, model_paths[name]))
     return specs
 
 
@@ -103,7 +96,9 @@ async def run_stack(
         await startup
         startup = None
 
-        app = create_app(config, {s.name: s.spec.url for s in supervisors}, keys)
+        app = create_app(config, {s.name: s.url for s in supervisors}, keys)
+        for s in supervisors:  # a worker restarted on another port is reached there
+            s.on_up.append(services_of(app).workers[s.name].move_to)
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False,
             timeout_graceful_shutdown=config.router.shutdown_grace_s, server_header=False,
@@ -141,18 +136,24 @@ async def _announce(
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://{host}:{port}"
     if runtime_file is not None:
-        info = {
-            "router": url,
-            "pid": os.getpid(),
-            "workers": {
-                s.name: {"url": s.spec.url, "pid": s.process.pid if s.process else None}
-                for s in supervisors
-            },
-        }
-        tmp = runtime_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(runtime_file)
+        _write_runtime(runtime_file, url, supervisors)
+        for s in supervisors:  # where a restarted worker listens now
+            s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
     print(f"serving: ready on {url}/v1", flush=True)
+
+
+def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
+    info = {
+        "router": router_url,
+        "pid": os.getpid(),
+        "workers": {
+            s.name: {"url": s.url, "pid": s.process.pid if s.process else None}
+            for s in supervisors
+        },
+    }
+    tmp = runtime_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(runtime_file)
 
 
 def run(config: Config, host: str, port: int, runtime_file: Path | None = None) -> int:

@@ -15,9 +15,11 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -35,18 +37,28 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def free_port() -> int:
+    """A port nobody listens on right now (someone may take it before we bind it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass
 class WorkerSpec:
+    """How to run a worker. `argv` has no port: each start appends `--port N`, with the
+    configured `port` if there is one, else a fresh free port, so a port taken between
+    choosing it and binding it costs one retry rather than every retry."""
+
     name: str
     argv: list[str]
     env: dict[str, str]
-    port: int
+    port: int | None = None
     startup_timeout_s: float = 900.0
     health_path: str = "/health"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def command(self, port: int) -> list[str]:
+        return [*self.argv, "--port", str(port)]
 
 
 def worker_env(env: dict[str, str], gpus: list[int] | None) -> dict[str, str]:
@@ -82,16 +94,31 @@ class Supervisor:
     _monitor: asyncio.Task | None = None
     startup_attempts: int = 3
     _tail: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
+    port: int | None = None  # where the current (or last) process listens
+    # Called with the worker's URL each time a (re)started worker is healthy: a restart may
+    # have moved it to another port, and the router's client and the runtime file follow.
+    on_up: list[Callable[[str], None]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the worker has not been started"
+        return f"http://127.0.0.1:{self.port}"
+
+    def _became_healthy(self) -> None:
+        self.state = State.up
+        for callback in self.on_up:
+            callback(self.url)
+
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
         self._tail.clear()
+        self.port = self.spec.port or free_port()
         self.process = await asyncio.create_subprocess_exec(
-            *self.spec.argv,
+            *self.spec.command(self.port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -99,7 +126,7 @@ class Supervisor:
             start_new_session=True,  # own process group: stop() signals the whole tree
             preexec_fn=_die_with_parent,
         )
-        log.info("%s: started pid %d", self.name, self.process.pid)
+        log.info("%s: started pid %d on port %d", self.name, self.process.pid, self.port)
         return self.process
 
     async def _pump_logs(self, process: asyncio.subprocess.Process) -> None:
@@ -114,7 +141,7 @@ class Supervisor:
 
     async def _wait_healthy(self, process: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + self.spec.startup_timeout_s
-        async with httpx.AsyncClient(base_url=self.spec.url, timeout=2.0) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if process.returncode is not None:
                     return False
@@ -137,7 +164,7 @@ class Supervisor:
             self.state = State.starting
             pump = asyncio.create_task(self._pump_logs(process))
             if await self._wait_healthy(process):
-                self.state = State.up
+                self._became_healthy()
                 self._monitor = asyncio.create_task(self._watch(process, pump))
                 return
             hung = process.returncode is None
@@ -187,8 +214,9 @@ class Supervisor:
             self.restarts += 1
             pump = asyncio.create_task(self._pump_logs(process))
             if await self._wait_healthy(process):
-                self.state = State.up
-                log.info("%s: healthy again after restart %d", self.name, self.restarts)
+                self._became_healthy()
+                log.info("%s: healthy again after restart %d at %s", self.name, self.restarts,
+                         self.url)
             else:
                 await self._terminate(process)
 

@@ -20,9 +20,7 @@ from serving.weights.prepare import chat_template_path
 log = logging.getLogger("serving.launcher")
 
 
-def vllm_worker(
-    name: str, worker: WorkerConfig, config: Config, model_path: Path, port: int
-) -> WorkerSpec:
+def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path) -> WorkerSpec:
     entry, args = worker.entry, worker.args
     assert entry is not None and isinstance(args, VllmArgs)
     caps = entry.capabilities
@@ -34,8 +32,7 @@ def vllm_worker(
         sys.executable, "-m", ENTRY_MODULE,
         "--model", str(model_path),
         "--served-model-name", entry.id,
-        "--host", "127.0.0.1",
-        "--port", str(port),
+        "--host", "127.0.0.1",  # the supervisor adds --port, fresh for each start
         "--dtype", dtype,
         *ROUTER_FLAGS,  # what the router's metering relies on
         "--disable-uvicorn-access-log",  # the router logs requests, with ids
@@ -69,6 +66,6 @@ def vllm_worker(
         name=name,
         argv=argv,
         env=worker_env(worker.env, worker.gpus),
-        port=port,
+        port=worker.port,
         startup_timeout_s=worker.startup_timeout_s,
     )

@@ -30,6 +30,7 @@ from serving.router.registry import Registry, Served
 from serving.router.text import routes as text_routes
 from serving.router.videos import routes as video_routes
 from serving.router.workers import Worker
+from serving.video_jobs.billing import VideoBilling
 from serving.video_jobs.service import VideoService
 
 
@@ -47,13 +48,14 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
         if w.entry is not None
     ])
 
-    video_models = [s for s in registry.served if s.entry.modality == Modality.video]
-    videos = (VideoService(config.state_dir, router_config.videos, video_models)
-              if video_models else None)
     metering = Metering(
         RateLimiter.from_config(router_config), Ledger(ledger_path(config)), RouterMetrics(),
         {name: w.max_in_flight for name, w in config.workers.items()},
     )
+    video_models = [s for s in registry.served if s.entry.modality == Modality.video]
+    billing = VideoBilling(metering.ledger, {k.sha256: k.name for k in keys})
+    videos = (VideoService(config.state_dir, router_config.videos, video_models, billing)
+              if video_models else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -31,7 +31,6 @@ class Meter:
     images: int = 0
     characters: int = 0
     audio_seconds: float = 0.0
-    video_seconds: float = 0.0
     reserved_tokens: int = 0  # held in the key's tokens bucket until the request ends
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
     first_token_at: float | None = None

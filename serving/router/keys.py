@@ -9,6 +9,7 @@ whether it may read usage and metrics. `middleware/auth.py` checks them on every
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.config import ApiKey, Limits, RouterConfig
+from serving.config.keys import hash_key, keys_from_env
 
-ENV_KEYS = "SERVING_API_KEYS"
-ENV_ADMIN_KEYS = "SERVING_ADMIN_KEYS"
+__all__ = ["hash_key", "keys_from_env"]  # where the CLI and tests have always found them
 
 
 @dataclass(frozen=True)
@@ -32,33 +33,26 @@ class Principal:
     limits: Limits
     models: frozenset[str] | None = None
     admin: bool = False
+    cache_group: str | None = None
 
     def may_use(self, *names: str) -> bool:
         return self.models is None or not self.models.isdisjoint(names)
+
+    @functools.cached_property
+    def cache_salt(self) -> str:
+        """vLLM's `cache_salt` for this key's requests: only requests with the same salt share
+        cached prompt blocks, so one key cannot learn from `cached_tokens` what another sent.
+        Made from the key's hash (or its cache group's name), never from the key itself."""
+        source = f"group:{self.cache_group}" if self.cache_group else f"key:{self.sha256}"
+        return hashlib.sha256(b"serving-cache-salt:" + source.encode()).hexdigest()
 
 
 class UnresolvedKey(ValueError):
     """A configured key that cannot be used (its environment variable is unset)."""
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def generate_key() -> str:
     return "sk-" + secrets.token_urlsafe(32)
-
-
-def keys_from_env(environ: dict[str, str] | None = None) -> list[ApiKey]:
-    """Comma-separated keys from SERVING_API_KEYS (named env-N) and SERVING_ADMIN_KEYS
-    (admin-N, which may also read usage and metrics)."""
-    environ = environ if environ is not None else os.environ
-    out = []
-    for var, prefix, admin in ((ENV_KEYS, "env", False), (ENV_ADMIN_KEYS, "admin", True)):
-        keys = [k.strip() for k in environ.get(var, "").split(",") if k.strip()]
-        out += [ApiKey(name=f"{prefix}-{i}", sha256=hash_key(k), admin=admin)
-                for i, k in enumerate(keys, 1)]
-    return out
 
 
 def ensure_generated_key(path: Path) -> tuple[ApiKey, bool]:
@@ -97,6 +91,7 @@ def principals(keys: list[ApiKey], default_limits: Limits,
         out.append(Principal(
             name=key.name, sha256=digest, limits=key.limits or default_limits,
             models=frozenset(key.models) if key.models is not None else None, admin=key.admin,
+            cache_group=key.cache_group,
         ))
     return out
 

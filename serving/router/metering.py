@@ -122,7 +122,7 @@ class Metering:
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
             cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
             images=m.images, audio_seconds=m.audio_seconds, characters=m.characters,
-            video_seconds=m.video_seconds, latency_ms=latency * 1000,
+            latency_ms=latency * 1000,
         ))
 
 

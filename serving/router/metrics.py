@@ -1,4 +1,4 @@
-"""Prometheus metrics of the router, with the vLLM workers' own metrics appended.
+"""Prometheus metrics of the router, with the vLLM workers' own metrics merged in.
 
 One registry per app (not the process-global one) so several routers in one process, as in
 tests, never mix their counts. `GET /metrics` needs an admin key on the API port; an operator
@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Iterable
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.router.workers import Worker
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+log = logging.getLogger("serving.router")
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -59,32 +65,59 @@ class RouterMetrics:
                 self.tokens.labels(model, kind).inc(count)
 
     async def render(self, workers: dict[str, Worker], vllm_workers: set[str]) -> bytes:
-        """The router's metrics, then each vLLM worker's own (its metric names are prefixed
-        `vllm:` and labelled with the model, so they cannot clash with ours)."""
+        """The router's metrics, then the vLLM workers' own (named `vllm:...`, so they cannot
+        clash with ours), merged into one family per metric with a `worker` label."""
 
-        async def probe(name: str, worker: Worker) -> bytes:
+        async def probe(name: str, worker: Worker) -> str:
             up = await worker.healthy()
             self.worker_up.labels(name).set(1 if up else 0)
             if not up or name not in vllm_workers:
-                return b""
+                return ""
             with contextlib.suppress(httpx.HTTPError):
                 r = await worker.client.get("/metrics", timeout=5.0)
                 if r.status_code == 200:
-                    return _without_process_metrics(r.content)
-            return b""
+                    return r.text
+            return ""
 
-        extra = await asyncio.gather(*(probe(n, w) for n, w in workers.items()))
-        return generate_latest(self.registry) + b"".join(extra)
-
-
-def _without_process_metrics(text: bytes) -> bytes:
-    """vLLM's exposition minus the generic python_/process_ families, which describe the
-    worker process rather than the model and would clash between several workers."""
-    keep = [line for line in text.splitlines(keepends=True)
-            if not _generic(line)]
-    return b"".join(keep)
+        texts = await asyncio.gather(*(probe(n, w) for n, w in workers.items()))
+        return generate_latest(self.registry) + merge_worker_metrics(dict(zip(workers, texts,
+                                                                                strict=True)))
 
 
-def _generic(line: bytes) -> bool:
-    name = line.split(b" ", 3)[2] if line.startswith(b"# ") and line.count(b" ") >= 2 else line
-    return name.startswith((b"python_", b"process_"))
+class _Families:
+    """Already-built metric families, in the shape `generate_latest` collects from."""
+
+    def __init__(self, families: Iterable[Metric]):
+        self.families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def merge_worker_metrics(texts: dict[str, str]) -> bytes:
+    """Several workers' expositions as one: each metric family once (a repeated `# TYPE` line
+    makes Prometheus reject the whole scrape), every sample labelled with its `worker`.
+
+    The generic python_/process_ families describe a worker process rather than its model,
+    and are left out. A family another worker declared with a different type is left out for
+    that worker (with a warning) rather than breaking the scrape.
+    """
+    merged: dict[str, Metric] = {}
+    for worker, text in texts.items():
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError as e:
+            log.warning("metrics of worker %s do not parse; left out: %s", worker, e)
+            continue
+        for family in families:
+            if family.name.startswith(("python_", "process_")):
+                continue
+            into = merged.setdefault(family.name, Metric(family.name, family.documentation,
+                                                         family.type, family.unit))
+            if into.type != family.type:
+                log.warning("metric %s of worker %s is a %s, not a %s; left out",
+                            family.name, worker, family.type, into.type)
+                continue
+            into.samples += [s._replace(labels={**s.labels, "worker": worker})
+                             for s in family.samples]
+    return generate_latest(_Families(merged.values()))  # type: ignore[arg-type]

@@ -66,6 +66,12 @@ class Worker:
         except httpx.TransportError:
             raise self.unavailable() from None
 
+    def move_to(self, base_url: str) -> None:
+        """The worker was restarted on another port: send new requests there. Connections
+        pooled to the old port only ever reach a dead process, so they fail over as one."""
+        self.base_url = base_url
+        self.client.base_url = httpx.URL(base_url)
+
     async def healthy(self) -> bool:
         try:
             r = await self.client.get("/health", timeout=2.0)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 
 import httpx
 
@@ -25,8 +26,10 @@ RETRY_DELAY_S = 2.0
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, model: str, worker: Worker, max_attempts: int):
+    def __init__(self, store: JobStore, model: str, worker: Worker, max_attempts: int,
+                 on_completed: Callable[[Job], None]):
         self.store = store
+        self.on_completed = on_completed  # bills the job's seconds
         self.model = model
         self.worker = worker
         self.max_attempts = max_attempts
@@ -81,7 +84,8 @@ class Dispatcher:
                     if update["status"] == "in_progress":
                         await asyncio.to_thread(self.store.progress, job.id, update["progress"])
                     elif update["status"] == "completed":
-                        await asyncio.to_thread(self.store.complete, job.id)
+                        if await asyncio.to_thread(self.store.complete, job.id):
+                            self.on_completed(job)
                         log.info("%s completed (%s frames)", job.id, update.get("frames"))
                         return
                     else:

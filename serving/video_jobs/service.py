@@ -9,6 +9,7 @@ from pathlib import Path
 
 from serving.config.deployment import VideoJobs
 from serving.router.registry import Served
+from serving.video_jobs.billing import VideoBilling
 from serving.video_jobs.dispatcher import Dispatcher
 from serving.video_jobs.store import JobStore
 
@@ -18,11 +19,13 @@ PURGE_EVERY_S = 60.0
 
 
 class VideoService:
-    def __init__(self, state_dir: Path, config: VideoJobs, served: list[Served]):
+    def __init__(self, state_dir: Path, config: VideoJobs, served: list[Served],
+                 billing: VideoBilling):
         self.config = config
         self.store = JobStore(state_dir, config.retention_s)
         self.dispatchers = {
-            s.entry.id: Dispatcher(self.store, s.entry.id, s.worker, config.max_attempts)
+            s.entry.id: Dispatcher(self.store, s.entry.id, s.worker, config.max_attempts,
+                                   billing.completed)
             for s in served
         }
         self._tasks: list[asyncio.Task] = []

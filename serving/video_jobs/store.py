@@ -172,10 +172,14 @@ class JobStore:
         self._exec("UPDATE videos SET progress = MAX(progress, ?) WHERE id = ?",
                    (progress, job_id))
 
-    def complete(self, job_id: str) -> None:
+    def complete(self, job_id: str) -> bool:
+        """Mark the job completed; False if it is gone (deleted while it rendered) or was
+        already completed, so it is billed once and never after its owner deleted it."""
         now = int(time.time())
-        self._exec("UPDATE videos SET status = 'completed', progress = 100, completed_at = ?, "
-                   "expires_at = ? WHERE id = ?", (now, now + self.retention_s, job_id))
+        return self._exec(
+            "UPDATE videos SET status = 'completed', progress = 100, completed_at = ?, "
+            "expires_at = ? WHERE id = ? AND status != 'completed'",
+            (now, now + self.retention_s, job_id)).rowcount > 0
 
     def fail(self, job_id: str, code: str, message: str) -> None:
         now = int(time.time())

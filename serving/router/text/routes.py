@@ -43,6 +43,8 @@ async def _token_budget(request: Request, served: Served, body: dict[str, Any]) 
 async def _forward(request: Request, ctx: Ctx, call: CallWorker, served: Served, path: str,
                    body: dict[str, Any]) -> Response:
     body["model"] = served.entry.id
+    # Each key (or cache group) its own prompt cache; clients cannot set this field.
+    body["cache_salt"] = ctx.key.cache_salt
     return await forward(call, ctx.meter, served, path, body,
                          tokens=await _token_budget(request, served, body))
 

@@ -101,8 +101,7 @@ async def create_video(request: Request, ctx: Ctx, services: ServicesDep,
     job = await asyncio.to_thread(store.create, owner, served.entry.id,
                                   f"{params.width}x{params.height}", str(params.seconds), params)
     videos.dispatchers[served.entry.id].wake()
-    ctx.meter.video_seconds = float(params.seconds)
-    return job.resource()
+    return job.resource()  # its seconds are billed when the render completes
 
 
 for _path in ("/v1/videos", "/v1/videos/generations"):
