@@ -253,6 +253,22 @@ def test_an_error_event_mid_stream_is_the_workers_failure_not_a_contract_break(
     with caplog.at_level(logging.ERROR, logger="serving.router"):
         out, m = relay(sse([first, second, error, contract.DONE]))
     assert BROKEN not in caplog.text
-    assert error in out
+    # The client gets it in OpenAI's envelope: a string code (or null), not vLLM's number.
+    (relayed,) = [parse(e) for e in events(out) if b'"error"' in e]
+    assert relayed == {"error": {"message": "Internal server error",
+                                 "type": "InternalServerError", "param": None, "code": None}}
     assert m.incomplete and m.status_override == 502
     assert m.usage == normalize_usage(running_usage(second))
+
+
+def test_the_closing_usage_event_carries_no_vllm_only_field(stream: bytes):
+    """What vLLM adds to its closing usage event with some features on (per-request metrics,
+    a fingerprint) does not reach the client."""
+    *body, final, done = events(stream)
+    chunk = parse(final)
+    assert chunk["choices"] == []
+    extra = {**chunk, "metrics": {"arrival_time": 1.0}, "system_fingerprint": "vllm-0.32"}
+    out, m = relay(sse([*map(parse, body), extra, done]), include_usage=True)
+    relayed = parse(events(out)[-2])
+    assert relayed["usage"] == m.usage and relayed["choices"] == []
+    assert not {"metrics", "system_fingerprint"} & relayed.keys()

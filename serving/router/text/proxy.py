@@ -19,11 +19,13 @@ from typing import Any
 import httpx
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from serving.errors import OpenAIError
 from serving.router.call_worker import WorkerCall
 from serving.router.context import Meter
 from serving.router.registry import Served
 from serving.router.text import vllm_contract as contract
 from serving.router.usage import normalize_usage
+from serving.sse import sse_event
 
 log = logging.getLogger("serving.router")
 
@@ -90,8 +92,7 @@ def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> 
     chunk["usage"] = m.usage = normalize_usage(chunk.get("usage"), caching=caching)
     if not include_usage:
         return b""
-    chunk.pop("system_fingerprint", None)
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode()
+    return b"data: " + json.dumps(clean(chunk), separators=(",", ":")).encode()
 
 
 async def _relay(
@@ -135,9 +136,8 @@ async def _relay(
         # Headers are sent; the best left is to end the stream with an error event.
         log.warning("worker stream broke: %s", e)
         m.status_override = 502
-        err = {"error": {"message": "The model worker stopped mid-stream.",
-                         "type": "server_error", "param": None, "code": "worker_unavailable"}}
-        yield b"data: " + json.dumps(err).encode() + b"\n\n"
+        yield sse_event(OpenAIError(502, "The model worker stopped mid-stream.",
+                                    code="worker_unavailable").body())
     finally:
         if not finished:
             _unfinished(m, ended, last_usage, caching, broken)
@@ -157,13 +157,27 @@ def _unmarked(event: bytes, m: Meter) -> tuple[bytes, str | None]:
         return event, None  # not a chunk (an SSE comment, a keep-alive): passed through
     if "error" in chunk:
         m.status_override = 502  # the worker failed mid-stream; the client did not leave
-        return event, None
+        return _error_event(chunk["error"]), None
     usage = chunk.pop("usage", None)
     if usage is None:
         return event, "a chunk without usage" if "choices" in chunk else None
     chunk["usage"] = usage  # last, as the contract has it
     compact = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
     return b"data: " + compact, "usage not found by its bytes"
+
+
+def _error_event(error: Any) -> bytes:
+    """vLLM's own mid-stream error event, in OpenAI's envelope: vLLM's `code` is the HTTP
+    status as a number, where OpenAI's is a string or null."""
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    envelope = OpenAIError(502, str(error.get("message") or "The model worker failed."))
+    if isinstance(error.get("type"), str):
+        envelope.type = error["type"]
+    if isinstance(error.get("param"), str):
+        envelope.param = error["param"]
+    if isinstance(error.get("code"), str):
+        envelope.code = error["code"]
+    return sse_event(envelope.body()).removesuffix(b"\n\n")
 
 
 def _contract_broken(problem: str, event: bytes) -> str:
