@@ -268,7 +268,8 @@ def test_the_closing_usage_event_carries_no_vllm_only_field(stream: bytes):
     chunk = parse(final)
     assert chunk["choices"] == []
     extra = {**chunk, "metrics": {"arrival_time": 1.0}, "system_fingerprint": "vllm-0.32"}
-    out, m = relay(sse([*map(parse, body), extra, done]), include_usage=True)
+    compact = json.dumps(extra, separators=(",", ":")).encode()
+    out, m = relay(sse([*body, b"data: " + compact, done]), include_usage=True)
     relayed = parse(events(out)[-2])
     assert relayed["usage"] == m.usage and relayed["choices"] == []
     assert not {"metrics", "system_fingerprint"} & relayed.keys()
