@@ -4,7 +4,7 @@ On CPU the right dtype depends on the CPU, not on the model: bf16 halves memory 
 only CPUs with native bf16 math (AVX512-BF16 or AMX) compute it; on an AVX2-only CPU vLLM and
 PyTorch emulate it (vLLM logs "Failed to create oneDNN linear, fallback to torch linear"), and
 float32 serves several times more tokens. Measured on a 2-core AVX2 machine with SmolLM2-135M
-(docs/performance.md): bf16 13.8 tok/s at 1 stream and 23.5 at 16, float32 18.9 and 86.9.
+(README, Performance): bf16 13.8 tok/s at 1 stream and 23.5 at 16, float32 18.9 and 86.9.
 
 So a config says `dtype: auto` (the default) and the launcher resolves it here, per machine;
 an explicit dtype in a config always wins.
