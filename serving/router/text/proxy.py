@@ -23,6 +23,7 @@ from serving.router.call_worker import WorkerCall
 from serving.router.context import Meter
 from serving.router.registry import Served
 from serving.router.usage import normalize_usage
+from serving.sse import read_events
 
 log = logging.getLogger("serving.router")
 
@@ -108,16 +109,10 @@ def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> 
 async def _relay(
     response: httpx.Response, include_usage: bool, caching: bool, m: Meter
 ) -> AsyncIterator[bytes]:
-    pending = b""
     last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
     finished = False
     try:
-        async for data in response.aiter_raw():
-            pending = pending + data if pending else data
-            end = pending.rfind(b"\n\n")
-            if end < 0:
-                continue  # an event split across reads; wait for its end
-            events, pending = pending[:end].split(b"\n\n"), pending[end + 2 :]
+        async for events in read_events(response.aiter_raw()):
             out = []
             for event in events:
                 span = _usage_span(event)
