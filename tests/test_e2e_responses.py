@@ -80,6 +80,7 @@ def test_create(client, http, openai_schema):
     raw = http.post("/v1/responses", json={
         "model": CHAT_MODEL, "instructions": "Answer in one word.", "max_output_tokens": 8,
         "temperature": 0, "top_p": 1, "input": [
+            {"role": "developer", "content": "Be brief."},
             {"role": "user", "content": [{"type": "input_text", "text": "Capital of Italy?"}]}]})
     body = raw.json()
     openai_schema(body, "Response")
@@ -247,15 +248,20 @@ def test_agents_sdk_agent_with_a_function_tool(stack):
     assert row["cache_read_tokens"] == sum(u.input_tokens_details.cached_tokens for u in used)
 
 
-def test_dropped_stream_aborts_and_is_metered(stack, http):
-    """A client that leaves a stream frees vLLM at once; the request is in the ledger as a 499
-    with the tokens it was sent."""
+def test_a_client_that_leaves_aborts_the_generation_and_is_metered(stack, http):
+    """1500 tokens take about a minute here; a client that leaves frees vLLM at once, for a
+    plain request and for a stream. The stream is in the ledger as a 499 with the tokens it
+    was sent."""
     body = {"model": CHAT_MODEL, "input": LONG_ESSAY["messages"][0]["content"],
-            "max_output_tokens": 1500, "temperature": 1.0, "seed": 1, "stream": True}
+            "max_output_tokens": 1500, "temperature": 1.0, "seed": 1}
     assert _wait_idle(stack) == 0
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/responses", json=body, timeout=2.0)
+    assert _wait_idle(stack, 10) == 0
+
     since = time.time()
     deltas = 0
-    with http.stream("POST", "/v1/responses", json=body) as r:
+    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
         for line in r.iter_lines():
             deltas += line == "event: response.output_text.delta"
             if deltas == 5:

@@ -111,6 +111,9 @@ async def create_response(body: CreateResponseRequest, request: Request, ctx: Ct
 
     upstream = body.model_dump(exclude_none=True, by_alias=True, exclude=RESPONSES_IGNORED)
     upstream["model"] = served.entry.id
+    for item in upstream["input"] if isinstance(upstream["input"], list) else ():
+        if item.get("role") == "developer":  # as in chat: the templates know `system`
+            item["role"] = "system"
     upstream["store"] = False  # vLLM keeps nothing either (its store is off unless enabled)
     text_format = (upstream.get("text") or {}).get("format")
     if text_format and text_format["type"] == "json_schema" and "json_schema" not in capabilities:
