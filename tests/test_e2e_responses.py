@@ -196,7 +196,8 @@ def test_agents_sdk_agent_with_a_function_tool(stack):
     from agents import (
         Agent,
         ModelSettings,
-        OpenAIResponsesModel,
+        OpenAIProvider,
+        RunConfig,
         Runner,
         function_tool,
         set_tracing_disabled,
@@ -214,9 +215,11 @@ def test_agents_sdk_agent_with_a_function_tool(stack):
     # The other key: the ledger rows of this run are its only /v1/responses traffic.
     client = openai.AsyncOpenAI(base_url=stack.v1, api_key=stack.other_key, max_retries=0,
                                 timeout=120)
+    # The SDK's default provider, on its default (Responses) model, with this stack's client.
+    config = RunConfig(model_provider=OpenAIProvider(openai_client=client))
     agent = Agent(
         name="weather", instructions="Answer with the weather tool.", tools=[get_weather],
-        model=OpenAIResponsesModel(model=CHAT_MODEL, openai_client=client),
+        model=CHAT_MODEL,
         # A 135M model does not choose a tool by itself; naming it makes the call certain.
         # The SDK then resets the choice so the second turn answers in text.
         model_settings=ModelSettings(tool_choice="get_weather", max_tokens=40, temperature=0),
@@ -224,8 +227,10 @@ def test_agents_sdk_agent_with_a_function_tool(stack):
     since = time.time()
 
     async def run():
-        result = await Runner.run(agent, "What is the weather in Paris?", max_turns=3)
-        streamed = Runner.run_streamed(agent, "What is the weather in Rome?", max_turns=3)
+        result = await Runner.run(agent, "What is the weather in Paris?", max_turns=3,
+                                  run_config=config)
+        streamed = Runner.run_streamed(agent, "What is the weather in Rome?", max_turns=3,
+                                       run_config=config)
         kinds = [event.type async for event in streamed.stream_events()]
         await client.close()
         return result, streamed, kinds
