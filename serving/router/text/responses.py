@@ -10,8 +10,8 @@ A stream is relayed event by event. The per-token events (`*.delta`) are recogni
 or content part opening or closing) are parsed and cleaned, and the closing
 `response.completed` (or `.incomplete` / `.failed`) carries the usage that is metered. vLLM
 reports no usage before that event, so a stream the client drops is metered from what the
-router saw: one output token per delta event (one per decoding step that produced text), and
-the input estimated from the request's size.
+router saw: one output token per delta event (a lower bound: a delta is one engine step's new
+text, which may hold more than one token), and the input estimated from the request's size.
 """
 
 from __future__ import annotations
