@@ -26,6 +26,8 @@ ROOTS = [
     "VideoResource",
     "VideoListResource",
     "DeletedVideoResource",
+    "Response",
+    "ResponseStreamEvent",
 ]
 OUT = Path(__file__).resolve().parent.parent / "tests" / "openai_schemas.json"
 

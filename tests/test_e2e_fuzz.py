@@ -102,7 +102,7 @@ def forget_video(stack: BackgroundStack, response: httpx.Response | Any) -> None
 SCHEMA_OPERATIONS = [
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"), ("GET", "/v1/catalog"),
-    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/videos"), ("GET", "/v1/videos"),
     ("POST", "/v1/videos/generations"), ("GET", "/v1/videos/{video_id}"),
     ("DELETE", "/v1/videos/{video_id}"), ("GET", "/v1/videos/generations/{video_id}"),
@@ -116,7 +116,7 @@ NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions")}
 # cases so that they get past the model lookup and reach the checks behind it (and a worker).
 REAL_MODEL = {
     "/v1/chat/completions": CHAT_MODEL, "/v1/completions": CHAT_MODEL,
-    "/v1/images/generations": IMAGE_MODEL, "/v1/videos": VIDEO_MODEL,
+    "/v1/responses": CHAT_MODEL, "/v1/images/generations": IMAGE_MODEL, "/v1/videos": VIDEO_MODEL,
     "/v1/videos/generations": VIDEO_MODEL, "/v1/audio/speech": TTS_MODEL,
 }
 
@@ -126,11 +126,13 @@ CHEAP: dict[str, dict[str, tuple[int, int]]] = {
     "/v1/chat/completions": {"max_tokens": (4, 2), "max_completion_tokens": (4, 2),
                              "n": (1, 1)},
     "/v1/completions": {"max_tokens": (4, 2), "n": (1, 1)},
+    "/v1/responses": {"max_output_tokens": (4, 2)},
     "/v1/images/generations": {"n": (1, 1), "num_inference_steps": (1, 1)},
     "/v1/videos": {"num_inference_steps": (1, 1), "fps": (4, 4)},
     "/v1/videos/generations": {"num_inference_steps": (1, 1), "fps": (4, 4)},
 }
-VALID_UP_TO = {"max_tokens": 8192, "max_completion_tokens": 8192, "n": 128,
+VALID_UP_TO = {"max_tokens": 8192, "max_completion_tokens": 8192, "max_output_tokens": 8192,
+               "n": 128,
                "num_inference_steps": 100, "fps": 24}
 
 
@@ -149,6 +151,8 @@ def cheapen(path: str, body: Any) -> Any:
     if path in ("/v1/chat/completions", "/v1/completions") and (
             body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
         body["max_tokens"] = 2
+    if path == "/v1/responses" and body.get("max_output_tokens") is None:
+        body["max_output_tokens"] = 2
     return body
 
 
@@ -199,6 +203,8 @@ def test_schemathesis(request, stack, api_schema, method, path):
                 # The generated messages seldom pass the role rules; these let the other
                 # fields reach vLLM.
                 case.body["messages"] = [{"role": "user", "content": "hi"}]
+            if path == "/v1/responses" and valid_messages:
+                case.body["input"] = "hi"
         if video_id and real_id and isinstance(case.path_parameters, dict):
             case.path_parameters["video_id"] = video_id
         case.body = cheapen(path, case.body)
@@ -224,6 +230,7 @@ BASES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}],
                              "max_tokens": 2},
     "/v1/completions": {"model": CHAT_MODEL, "prompt": "hi", "max_tokens": 2},
+    "/v1/responses": {"model": CHAT_MODEL, "input": "hi", "max_output_tokens": 2},
     "/v1/images/generations": {"model": IMAGE_MODEL, "prompt": "a dot", "size": "128x128",
                                "num_inference_steps": 1},
     "/v1/videos": {"model": VIDEO_MODEL, "prompt": "a dot", "num_inference_steps": 1, "fps": 4},
@@ -232,6 +239,7 @@ BASES: dict[str, dict[str, Any]] = {
 }
 SCHEMA_NAMES = {"/v1/chat/completions": "ChatCompletionRequest",
                 "/v1/completions": "CompletionRequest",
+                "/v1/responses": "CreateResponseRequest",
                 "/v1/images/generations": "ImageGenerationRequest",
                 "/v1/audio/speech": "SpeechRequest"}
 EXTRA_FIELDS = ["input", "encoding_format", "dimensions", "messages", "prompt", "stream",
@@ -267,6 +275,7 @@ def json_values(fields: list[str]):
 
 
 TEXT_FIELD = {"/v1/chat/completions": "messages", "/v1/completions": "prompt",
+              "/v1/responses": "input",
               "/v1/images/generations": "prompt", "/v1/videos": "prompt",
               "/v1/audio/speech": "input", "/v1/embeddings": "input"}
 
@@ -545,6 +554,8 @@ SURROGATE_CASES = [
     ("/v1/chat/completions", '"tools": [{"type": "function", "function": {"name": "f", '
      '"parameters": {"type": "\\ud800"}}}]'),
     ("/v1/completions", '"prompt": "\\ud800"'),
+    ("/v1/responses", '"input": [{"role": "user", "content": "\\ud800"}]'),
+    ("/v1/responses", '"metadata": {"\\ud800": "x"}'),
     ("/v1/images/generations", '"model": "\\ud800"'),
     ("/v1/images/generations", '"size": "\\ud800"'),
     ("/v1/videos", '"seconds": "\\ud800"'),

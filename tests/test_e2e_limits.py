@@ -26,6 +26,7 @@ from tests.conftest import CHAT_MODEL, validate_openai
 pytestmark = pytest.mark.e2e
 
 RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-narrow-0123456789"
+RESPONSES_TPM_KEY = "sk-tpm-responses-0123456789"
 METRICS_PORT = free_port()
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
@@ -43,6 +44,8 @@ router:
   api_keys:
     - {{name: rpm, env: TEST_RPM_KEY, limits: {{requests_per_minute: 3}}}}
     - {{name: tpm, sha256: {hash_key(TPM_KEY)}, limits: {{tokens_per_minute: 400}}}}
+    - {{name: tpm-responses, sha256: {hash_key(RESPONSES_TPM_KEY)},
+        limits: {{tokens_per_minute: 400}}}}
     - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
 workers:
   chat: {{max_in_flight: 1}}
@@ -113,6 +116,21 @@ def test_tokens_are_reserved_then_settled(limited: BackgroundStack):
     assert too_big.status_code == 429
     assert too_big.json()["error"]["type"] == "tokens"
     assert "too large" in too_big.json()["error"]["message"]
+
+
+def test_responses_tokens_are_reserved_then_settled(limited: BackgroundStack):
+    """The Responses API takes from the same token budget: `max_output_tokens` reserved."""
+    http = as_key(limited, RESPONSES_TPM_KEY)
+    body = {"model": CHAT_MODEL, "input": "Say hi.", "max_output_tokens": 250,
+            "temperature": 0}
+    first = http.post("/responses", json=body)
+    assert first.status_code == 200, first.text
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 150
+    second = http.post("/responses", json=body)
+    assert second.status_code == 200, second.text
+    too_big = http.post("/responses", json={**body, "max_output_tokens": 1000})
+    assert too_big.status_code == 429
+    assert too_big.json()["error"]["type"] == "tokens"
 
 
 def test_a_key_sees_and_uses_only_its_models(limited: BackgroundStack):

@@ -5,8 +5,11 @@ The stream relay is tested over streams recorded from the real worker: test_e2e_
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,7 +23,8 @@ from serving.router.keys import (
     keys_from_env,
     principals,
 )
-from serving.router.usage import normalize_usage
+from serving.router.text.responses import _relay as _relay_response
+from serving.router.usage import normalize_response_usage, normalize_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-unit-test"
@@ -96,6 +100,26 @@ def test_usage_mapping():
     assert off["cache_read_input_tokens"] == off["cache_creation_input_tokens"] == 0
     empty = normalize_usage({"prompt_tokens": 3, "completion_tokens": None})
     assert empty["completion_tokens"] == 0 and empty["total_tokens"] == 3
+
+
+def upstream(pieces: list[bytes]) -> httpx.Response:
+    """A worker's streamed answer, arriving in `pieces`."""
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    return httpx.Response(200, content=body())
+
+
+async def drain(stream, stop_after: int | None) -> bytes:
+    """What a client reads of a relay, leaving after `stop_after` chunks if given."""
+    out = []
+    async for chunk in stream:
+        out.append(chunk)
+        if stop_after is not None and len(out) == stop_after:
+            await stream.aclose()  # the client went away
+            break
+    return b"".join(out)
 
 
 def test_body_limit_is_a_413_envelope(tmp_path: Path):
@@ -211,3 +235,140 @@ def test_clients_cannot_choose_the_cache_salt(tmp_path: Path):
         r = client.post(path, json={"model": "smollm2-135m-instruct", "cache_salt": "x", **body})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "cache_salt"
+
+# --- the Responses API ----------------------------------------------------------------------
+
+def test_response_usage_mapping():
+    vllm = {"input_tokens": 271, "output_tokens": 5, "total_tokens": 276,
+            "input_tokens_details": {"cached_tokens": 128, "cache_write_tokens": 128,
+                                     "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+            "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                      "output_tokens_per_turn": []}}
+    u = normalize_response_usage(vllm)
+    assert u == {"input_tokens": 271, "input_tokens_details": {"cached_tokens": 128,
+                                                               "cache_write_tokens": 128},
+                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": 276, "cache_read_input_tokens": 128,
+                 "cache_creation_input_tokens": 128}
+    off = normalize_response_usage(vllm, caching=False)
+    assert off["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
+    assert normalize_response_usage(None)["total_tokens"] == 0
+
+
+RESPONSE = (b'{"id":"resp_1","created_at":1,"incomplete_details":null,"instructions":null,'
+            b'"metadata":null,"model":"m","object":"response","output":%s,'
+            b'"parallel_tool_calls":true,"temperature":1.0,"tool_choice":"auto","tools":[],'
+            b'"top_p":1.0,"status":"%s","text":null,"user":null,"usage":%s,'
+            b'"kv_transfer_params":null,"input_messages":null}')
+MESSAGE = (b'{"id":"msg_1","content":[{"annotations":[],"text":"Hi there","type":"output_text",'
+           b'"logprobs":null}],"role":"assistant","status":"completed","type":"message",'
+           b'"phase":null}')
+USAGE = (b'{"input_tokens":3,"input_tokens_details":{"cached_tokens":2,"cache_write_tokens":0,'
+         b'"input_tokens_per_turn":[]},"output_tokens":2,"output_tokens_details":'
+         b'{"reasoning_tokens":0},"total_tokens":5}')
+# As vLLM streams a Responses answer: one typed event per `event:`/`data:` pair.
+RESPONSE_DELTAS = [
+    b'event: response.output_text.delta\ndata: {"content_index":0,"delta":"Hi","item_id":'
+    b'"msg_1","logprobs":[],"output_index":0,"sequence_number":4,'
+    b'"type":"response.output_text.delta"}',
+    b'event: response.output_text.delta\ndata: {"content_index":0,"delta":" there\\n\\nevent: '
+    b'x","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":5,'
+    b'"type":"response.output_text.delta"}',
+]
+RESPONSE_STREAM = b"\n\n".join([
+    b'event: response.created\ndata: {"response":' + RESPONSE % (b"[]", b"in_progress", b"null")
+    + b',"sequence_number":0,"type":"response.created"}',
+    b'event: response.output_item.added\ndata: {"item":{"id":"msg_1","content":[],"role":'
+    b'"assistant","status":"in_progress","type":"message","phase":null},"output_index":0,'
+    b'"sequence_number":2,"type":"response.output_item.added"}',
+    *RESPONSE_DELTAS,
+    b'event: response.output_item.done\ndata: {"item":' + MESSAGE + b',"output_index":0,'
+    b'"sequence_number":9,"type":"response.output_item.done"}',
+    b'event: response.completed\ndata: {"response":'
+    + RESPONSE % (b"[" + MESSAGE + b"]", b"completed", USAGE)
+    + b',"sequence_number":12,"type":"response.completed"}',
+]) + b"\n\n"
+
+
+async def relay_response(pieces: list[bytes], stop_after: int | None = None
+                         ) -> tuple[bytes, Meter]:
+    m = Meter(endpoint="/v1/responses")
+    return await drain(_relay_response(upstream(pieces), True, m, 40), stop_after), m
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(RESPONSE_STREAM)])
+def test_response_relay_cleans_what_vllm_adds_and_meters_the_final_usage(size: int,
+                                                                          openai_schema):
+    pieces = [RESPONSE_STREAM[i:i + size] for i in range(0, len(RESPONSE_STREAM), size)]
+    out, m = asyncio.run(relay_response(pieces))
+    assert not m.incomplete and m.first_token_at is not None
+    assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (3, 2)
+    assert m.usage["cache_read_input_tokens"] == 2
+    events = out.removesuffix(b"\n\n").split(b"\n\n")
+    assert events[2:4] == RESPONSE_DELTAS  # the per-token events byte for byte
+    assert [e.split(b"\n")[0] for e in events] == [
+        e.split(b"\n")[0] for e in RESPONSE_STREAM.removesuffix(b"\n\n").split(b"\n\n")]
+    for event in events:
+        data = json.loads(event.split(b"\ndata: ", 1)[1])
+        openai_schema(data, "ResponseStreamEvent")
+    final = json.loads(events[-1].split(b"\ndata: ", 1)[1])["response"]
+    assert "kv_transfer_params" not in final and "user" not in final and final["error"] is None
+    assert final["output"][0]["content"][0]["logprobs"] == []
+    assert final["usage"] == m.usage
+
+
+def test_response_relay_meters_a_dropped_stream_from_what_it_saw():
+    pieces = [e + b"\n\n" for e in RESPONSE_STREAM.split(b"\n\n") if e]
+    out, m = asyncio.run(relay_response(pieces, stop_after=4))
+    assert out.endswith(RESPONSE_DELTAS[1] + b"\n\n") and m.incomplete
+    # Two delta events seen: two output tokens; the input is the router's estimate.
+    assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (40, 2)
+
+
+def test_responses_requests_are_checked_before_the_worker(tmp_path: Path):
+    """What passes reaches the (down) worker: a 503; what does not is a 400 naming the field."""
+    client = router(tmp_path)
+    model = "smollm2-135m-instruct"
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    ok = [
+        {"input": "hi", "store": False, "include": [], "instructions": "Be brief."},
+        {"input": [{"role": "user", "content": "hi"},
+                   {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                   {"type": "function_call_output", "call_id": "c1", "output": "42"},
+                   {"type": "message", "role": "assistant", "content": [
+                       {"type": "output_text", "text": "42", "annotations": []}]}],
+         "tools": [tool], "tool_choice": {"type": "function", "name": "f"}},
+        {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x",
+                                            "schema": {"type": "object"}}}},
+    ]
+    for body in ok:
+        r = client.post("/v1/responses", json={"model": model, **body})
+        assert r.status_code == 503, r.text
+    bad = [
+        ({"input": "hi", "store": True}, "store", "invalid_value"),
+        ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id",
+         "invalid_value"),
+        ({"input": "hi", "colour": "red"}, "colour", "unknown_parameter"),
+        ({"input": "hi", "include": ["message.output_text.logprobs"]}, "include",
+         "invalid_value"),
+        ({"input": "hi", "tool_choice": "required"}, None, "invalid_value"),
+        ({"input": "hi", "temperature": 3}, "temperature", "invalid_value"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]", "invalid_value"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "x",
+                                                   "extra": 1}]}]},
+         "input[0].content[0].extra", "unknown_parameter"),
+        ({"input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
+         "input[0].content", "unsupported_parameter"),  # the model has no vision
+    ]
+    for body, param, code in bad:
+        r = client.post("/v1/responses", json={"model": model, **body})
+        assert r.status_code == 400, (body, r.text)
+        error = r.json()["error"]
+        assert (error["param"], error["code"]) == (param, code), (body, error)
+    assert "does not store responses" in client.post(
+        "/v1/responses", json={"model": model, "input": "hi", "store": True}
+    ).json()["error"]["message"]
+    for method in ("GET", "DELETE"):
+        r = client.request(method, "/v1/responses/resp_1")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_endpoint"

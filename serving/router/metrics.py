@@ -58,10 +58,14 @@ class RouterMetrics:
                                "check.", ["worker"], registry=r)
 
     def observe_usage(self, model: str, usage: dict) -> None:
-        for kind, field in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
-                            ("cache_read", "cache_read_input_tokens"),
-                            ("cache_creation", "cache_creation_input_tokens")):
-            if count := usage.get(field):
+        # Chat's names, then the Responses API's for the same counts.
+        for kind, field, other in (
+            ("prompt", "prompt_tokens", "input_tokens"),
+            ("completion", "completion_tokens", "output_tokens"),
+            ("cache_read", "cache_read_input_tokens", None),
+            ("cache_creation", "cache_creation_input_tokens", None),
+        ):
+            if count := usage.get(field) or (other and usage.get(other)):
                 self.tokens.labels(model, kind).inc(count)
 
     async def render(self, workers: dict[str, Worker], vllm_workers: set[str]) -> bytes:

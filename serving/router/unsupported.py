@@ -28,7 +28,11 @@ UNSUPPORTED: dict[str, str] = {
     "/v1/files": "File uploads are not supported; send content inline in the request.",
     "/v1/images/edits": "Image edits are not supported; use /v1/images/generations.",
     "/v1/images/variations": "Image variations are not supported; use /v1/images/generations.",
-    "/v1/responses": "The Responses API is not supported; use /v1/chat/completions.",
+    # POST /v1/responses is served (text/routes.py); the rest of that API needs stored
+    # responses.
+    "/v1/responses": "Responses are not stored by this API, so they cannot be listed, "
+    "retrieved, cancelled or deleted; POST /v1/responses with the whole conversation in "
+    "`input`.",
     "/v1/moderations": "Moderations are not supported by this API.",
     "/v1/videos/edits": "Video edits are not supported; create a new video with /v1/videos.",
     "/v1/videos/extensions": "Video extensions are not supported; create a new video with "

@@ -25,7 +25,7 @@ from serving.router.context import Meter
 from serving.router.registry import Served
 from serving.router.text import vllm_contract as contract
 from serving.router.usage import normalize_usage
-from serving.sse import sse_event
+from serving.sse import read_events, sse_event
 
 log = logging.getLogger("serving.router")
 
@@ -98,18 +98,12 @@ def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> 
 async def _relay(
     response: httpx.Response, include_usage: bool, caching: bool, m: Meter
 ) -> AsyncIterator[bytes]:
-    pending = b""
     last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
     finished = False  # the closing usage event was metered
     ended = False  # the worker ended the stream (the client did not leave, the link held)
     broken: str | None = None  # how the stream broke the vLLM contract, if it did
     try:
-        async for data in response.aiter_raw():
-            pending = pending + data if pending else data
-            end = pending.rfind(b"\n\n")
-            if end < 0:
-                continue  # an event split across reads; wait for its end
-            events, pending = pending[:end].split(b"\n\n"), pending[end + 2 :]
+        async for events in read_events(response.aiter_raw()):
             out = []
             for event in events:
                 span = _usage_span(event)

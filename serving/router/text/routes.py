@@ -1,8 +1,9 @@
-"""POST /v1/chat/completions and POST /v1/completions, served by vLLM workers.
+"""POST /v1/chat/completions, /v1/completions and /v1/responses, served by vLLM workers.
 
 The routes check what only the router knows (which model, what it is allowed to do), shape the
-request for vLLM and hand it to `proxy.forward`, which calls the worker through `call_worker`;
-vLLM does the templating, tool parsing and structured output.
+request for vLLM and hand it to `proxy.forward` (or `responses.forward_response`), which calls
+the worker through `call_worker`; vLLM does the templating, tool parsing, structured output and
+the Responses state machine.
 """
 
 from __future__ import annotations
@@ -20,24 +21,48 @@ from serving.protocol.chat import (
     ChatCompletionRequest,
     CompletionRequest,
 )
+from serving.protocol.responses import RESPONSES_IGNORED, CreateResponseRequest
 from serving.router.call_worker import CallWorker
+from serving.router.context import RequestContext
 from serving.router.dependencies import Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
-from serving.router.registry import Served
+from serving.router.registry import Registry, Served
 from serving.router.text.proxy import forward
+from serving.router.text.responses import forward_response
 
 router = APIRouter(route_class=StrictJSONRoute)
 
 
+async def _input_estimate(request: Request) -> int:
+    """The prompt's tokens, estimated from the size of the request (about four bytes a token;
+    the body is already read, so this costs nothing)."""
+    return len(await request.body()) // 4 + 1
+
+
 async def _token_budget(request: Request, served: Served, body: dict[str, Any]) -> int:
-    """What the rate limiter reserves: the prompt, estimated from the size of the request
-    (about four bytes a token; the body is already read, so this costs nothing), plus the
-    most the answer may use. Settled against the real usage when the request ends."""
-    estimate = len(await request.body()) // 4 + 1
-    most = body.get("max_completion_tokens") or body.get("max_tokens")
+    """What the rate limiter reserves: the estimated prompt plus the most the answer may use.
+    Settled against the real usage when the request ends."""
+    estimate = await _input_estimate(request)
+    most = (body.get("max_completion_tokens") or body.get("max_tokens")
+            or body.get("max_output_tokens"))
     if most is None:
         most = max((served.context_length or 0) - estimate, 0)
     return estimate + int(most)
+
+
+def _resolve(registry: Registry, ctx: RequestContext, model: str, path: str, *,
+             tools: bool = False, image_param: str | None = None) -> Served:
+    """The model serving `path` for this key, or the 400 when the request needs what the
+    model cannot do: tools, or image input (`image_param` names the first field holding one)."""
+    served = registry.resolve(model, Modality.chat, path, ctx.key)
+    capabilities = served.entry.capabilities
+    if tools and "tool_use" not in capabilities:
+        raise invalid_request(f"The model `{model}` does not support tools.", param="tools",
+                              code="unsupported_parameter")
+    if image_param is not None and "vision" not in capabilities:
+        raise invalid_request(f"The model `{model}` does not accept image input.",
+                              param=image_param, code="unsupported_parameter")
+    return served
 
 
 async def _forward(request: Request, ctx: Ctx, call: CallWorker, served: Served, path: str,
@@ -52,20 +77,11 @@ async def _forward(request: Request, ctx: Ctx, call: CallWorker, served: Served,
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, ctx: Ctx,
                                  registry: RegistryDep, call: CallWorker) -> Response:
-    served = registry.resolve(body.model, Modality.chat, "/v1/chat/completions", ctx.key)
+    served = _resolve(registry, ctx, body.model, "/v1/chat/completions", tools=bool(body.tools),
+                      image_param=next((f"messages[{i}].content"
+                                        for i, m in enumerate(body.messages) if m.has_images()),
+                                       None))
     capabilities = served.entry.capabilities
-    if body.tools and "tool_use" not in capabilities:
-        raise invalid_request(
-            f"The model `{body.model}` does not support tools.", param="tools",
-            code="unsupported_parameter",
-        )
-    if "vision" not in capabilities:
-        for i, message in enumerate(body.messages):
-            if message.has_images():
-                raise invalid_request(
-                    f"The model `{body.model}` does not accept image input.",
-                    param=f"messages[{i}].content", code="unsupported_parameter",
-                )
 
     upstream = body.model_dump(exclude_none=True, by_alias=True, exclude=CHAT_IGNORED)
     for message in upstream["messages"]:
@@ -85,3 +101,26 @@ async def create_completion(body: CompletionRequest, request: Request, ctx: Ctx,
     served = registry.resolve(body.model, Modality.chat, "/v1/completions", ctx.key)
     upstream = body.model_dump(exclude_none=True, exclude=COMPLETION_IGNORED)
     return await _forward(request, ctx, call, served, "/v1/completions", upstream)
+
+
+@router.post("/v1/responses")
+async def create_response(body: CreateResponseRequest, request: Request, ctx: Ctx,
+                          registry: RegistryDep, call: CallWorker) -> Response:
+    images_at = body.images_at()
+    served = _resolve(registry, ctx, body.model, "/v1/responses", tools=bool(body.tools),
+                      image_param=None if images_at is None else f"input[{images_at}].content")
+    capabilities = served.entry.capabilities
+
+    upstream = body.model_dump(exclude_none=True, by_alias=True, exclude=RESPONSES_IGNORED)
+    upstream["model"] = served.entry.id
+    for item in upstream["input"] if isinstance(upstream["input"], list) else ():
+        if item.get("role") == "developer":  # as in chat: the templates know `system`
+            item["role"] = "system"
+    upstream["store"] = False  # vLLM keeps nothing either (its store is off unless enabled)
+    upstream["cache_salt"] = ctx.key.cache_salt  # each key its own prompt cache, as in chat
+    text_format = (upstream.get("text") or {}).get("format")
+    if text_format and text_format["type"] == "json_schema" and "json_schema" not in capabilities:
+        upstream["text"]["format"] = {"type": "json_object"}
+    return await forward_response(call, ctx.meter, served, upstream,
+                                  tokens=await _token_budget(request, served, upstream),
+                                  input_estimate=await _input_estimate(request))
