@@ -211,9 +211,10 @@ def test_kokoro_nothing_to_say(engines) -> None:
 
 # Word error rates Whisper tiny.en hears, measured on both kinds of CPU (ONNX Runtime and
 # CTranslate2 pick their kernels by CPU, so the numerics differ), with the bound above both:
-#   hibari 1.0 and 2.0: 0.00 on AVX512 (AMX) and on AVX2;
-#   Kokoro 1.0: 0.00 on both; Kokoro 2.0: 0.22 on AVX512 (AMX), 0.44 on AVX2 ("The quick
-#   brown fox, John, saw the lady dot."): double speed still says most of the sentence.
+#   at 1.0, both engines: 0.00 on AVX512 (AMX), within 0.2 on AVX2;
+#   hibari at 2.0: 0.00 on AVX512 (AMX), within 0.34 on AVX2;
+#   Kokoro at 2.0: 0.22 on AVX512 (AMX), 0.44 on AVX2 ("The quick brown fox, John, saw the
+#   lady dot."): double speed still says most of the sentence.
 @ENGINE_NAMES
 @pytest.mark.parametrize(("speed", "limit"), [(1.0, 0.2), (2.0, 0.5)])
 def test_whisper_understands_it(name: str, speed: float, limit: float, engines, fox,
