@@ -3,9 +3,14 @@
 Reports requests/s, output tokens/s, time to first token and inter-token latency (p50/p99).
 `--compare` runs the same load against the worker directly and through the router, in
 alternating rounds within one invocation, and prints router/direct ratios: the router's cost.
+`--variant NAME=overlay.yaml` (repeatable) compares deployments instead: each round starts the
+stack once per variant, in alternating order, and runs the same load against it, so a dtype or
+a core binding is measured side by side with the others in one run.
 
     python scripts/bench_chat.py --compare -c configs/cpu.yaml           # starts its own stack
     python scripts/bench_chat.py --target router --url http://127.0.0.1:8000 --key sk-...
+    python scripts/bench_chat.py --target direct -c configs/cpu.yaml \
+        --variant bf16=bf16.yaml --variant f32=f32.yaml --concurrency 1,16
 """
 
 from __future__ import annotations
@@ -122,16 +127,101 @@ async def run_load(url: str, key: str, model: str, target: str, concurrency: int
 
 
 def table(results: list[Result]) -> str:
-    head = (f"{'target':<8}{'conc':>5}{'reqs':>7}{'err':>5}{'req/s':>8}{'out tok/s':>11}"
+    head = (f"{'target':<10}{'conc':>5}{'reqs':>7}{'err':>5}{'req/s':>8}{'out tok/s':>11}"
             f"{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(
-            f"{r.target:<8}{r.concurrency:>5}{r.requests:>7}{r.errors:>5}{r.rps:>8.2f}"
+            f"{r.target:<10}{r.concurrency:>5}{r.requests:>7}{r.errors:>5}{r.rps:>8.2f}"
             f"{r.tps:>11.1f}{pct(r.ttft, 50) * 1e3:>8.0f}ms{pct(r.ttft, 99) * 1e3:>8.0f}ms"
             f"{pct(r.itl, 50) * 1e3:>7.1f}ms{pct(r.itl, 99) * 1e3:>7.1f}ms"
         )
     return "\n".join(rows)
+
+
+def plot(results: list[Result], width: int = 50) -> str:
+    """Output tokens/s as a bar per target and concurrency: the table's story at a glance."""
+    top = max((r.tps for r in results), default=0) or 1
+    return "\n".join(f"{r.target:>10} c={r.concurrency:<3} "
+                     f"{'#' * round(width * r.tps / top):<{width}} {r.tps:.1f} tok/s"
+                     for r in results)
+
+
+def chat_only_stack(configs: list[Path], model: str, workdir: Path):
+    """`serving up` with only the chat worker: the others would only compete for the cores.
+    Returns the stack and the chat worker's name."""
+    from harness import start_background_stack
+
+    from serving.config import load_config
+
+    workers = load_config(configs).workers
+    chat = next(n for n, w in workers.items() if model in w.entry.names())
+    overlay = {"workers": {n: {"enabled": False} for n in workers if n != chat}}
+    (workdir / "chat-only.yaml").write_text(json.dumps(overlay))
+    print(f"starting stack ({workdir / 'stack.log'})...", file=sys.stderr)
+    return start_background_stack([*configs, workdir / "chat-only.yaml"], workdir), chat
+
+
+def measure(urls: dict[str, str], key: str, targets: list[str], args: argparse.Namespace,
+            label: str | None = None) -> list[Result]:
+    """One round of every concurrency against each target (labelled `label` if given)."""
+    results = []
+    for concurrency in [int(c) for c in args.concurrency.split(",")]:
+        if args.warmup:
+            asyncio.run(run_load(urls[targets[0]], key, args.model, targets[0],
+                                 concurrency, args.warmup, args.max_tokens))
+        merged = {t: Result(label or t, concurrency) for t in targets}
+        for round_ in range(1 if label else args.rounds):
+            # Alternate the order too, so drift on a shared machine hits both alike.
+            order = targets if round_ % 2 == 0 else targets[::-1]
+            for target in order:
+                r = asyncio.run(run_load(urls[target], key, args.model, target,
+                                         concurrency, args.duration, args.max_tokens))
+                print(f"  {label or target} c={concurrency} round {round_ + 1}: "
+                      f"{r.tps:.1f} tok/s", file=sys.stderr)
+                merged[target].merge(r)
+        results += merged.values()
+    return results
+
+
+def run_variants(args: argparse.Namespace, variants: list[tuple[str, Path]]) -> list[Result]:
+    """Each round starts one stack per variant (alternating the order) and measures it."""
+    merged: dict[tuple[str, int], Result] = {}
+    for round_ in range(args.rounds):
+        for name, overlay in variants if round_ % 2 == 0 else variants[::-1]:
+            workdir = Path(tempfile.mkdtemp(prefix=f"bench-chat-{name}-"))
+            stack, chat = chat_only_stack([*args.config, overlay], args.model, workdir)
+            urls = {"router": stack.base_url, "direct": stack.worker_url(chat)}
+            try:
+                for r in measure(urls, stack.key, [args.target], args, label=name):
+                    if (name, r.concurrency) in merged:
+                        merged[name, r.concurrency].merge(r)
+                    else:
+                        merged[name, r.concurrency] = r
+            finally:
+                stack.stop()
+    order = [name for name, _ in variants]
+    return sorted(merged.values(), key=lambda r: (r.concurrency, order.index(r.target)))
+
+
+def run_targets(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Result]:
+    """The given targets (router, direct) on one stack, in alternating rounds."""
+    stack = None
+    if args.config:
+        stack, chat = chat_only_stack(args.config, args.model,
+                                      Path(tempfile.mkdtemp(prefix="bench-chat-")))
+        args.url, args.key = stack.base_url, stack.key
+        args.direct_url = stack.worker_url(chat)
+    urls = {"router": args.url, "direct": args.direct_url}
+    targets = ["direct", "router"] if args.compare else [args.target]
+    for target in targets:
+        if not urls[target]:
+            p.error(f"--{'url' if target == 'router' else 'direct-url'} (or -c) is needed")
+    try:
+        return measure(urls, args.key, targets, args)
+    finally:
+        if stack is not None:
+            stack.stop()
 
 
 def main() -> int:
@@ -150,52 +240,27 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERLAY",
+                   help="compare deployments: the stack from -c plus this overlay (repeatable)")
     args = p.parse_args()
+    variants = [(v.partition("=")[0], Path(v.partition("=")[2])) for v in args.variant]
+    if variants and (not args.config or args.compare):
+        p.error("--variant needs -c, and compares one --target, not --compare")
 
-    stack = None
-    if args.config:
-        from harness import start_background_stack
-
-        from serving.config import load_config
-
-        # Only the chat worker runs: the others would only compete for the cores.
-        workers = load_config(args.config).workers
-        chat = next(n for n, w in workers.items() if args.model in w.entry.names())
-        workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
-        overlay = {"workers": {n: {"enabled": False} for n in workers if n != chat}}
-        (workdir / "overlay.yaml").write_text(json.dumps(overlay))
-        print(f"starting stack ({workdir / 'stack.log'})...", file=sys.stderr)
-        stack = start_background_stack([*args.config, workdir / "overlay.yaml"], workdir)
-        args.url, args.key = stack.base_url, stack.key
-        args.direct_url = stack.worker_url(chat)
-    urls = {"router": args.url, "direct": args.direct_url}
-    targets = ["direct", "router"] if args.compare else [args.target]
-    for target in targets:
-        if not urls[target]:
-            p.error(f"--{'url' if target == 'router' else 'direct-url'} (or -c) is needed")
-
-    try:
-        results: list[Result] = []
-        for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            if args.warmup:
-                asyncio.run(run_load(urls[targets[0]], args.key, args.model, targets[0],
-                                     concurrency, args.warmup, args.max_tokens))
-            merged = {t: Result(t, concurrency) for t in targets}
-            for round_ in range(args.rounds):
-                # Alternate the order too, so drift on a shared machine hits both alike.
-                order = targets if round_ % 2 == 0 else targets[::-1]
-                for target in order:
-                    r = asyncio.run(run_load(urls[target], args.key, args.model, target,
-                                             concurrency, args.duration, args.max_tokens))
-                    print(f"  {target} c={concurrency} round {round_ + 1}: "
-                          f"{r.tps:.1f} tok/s", file=sys.stderr)
-                    merged[target].merge(r)
-            results += merged.values()
-    finally:
-        if stack is not None:
-            stack.stop()
+    results = run_variants(args, variants) if variants else run_targets(p, args)
 
     print(table(results))
+    print()
+    print(plot(results))
+    if variants:
+        print()
+        base = variants[0][0]
+        for r in results:
+            first = next(x for x in results if x.target == base and x.concurrency == r.concurrency)
+            if r.target != base and first.tps:
+                print(f"{r.target}/{base} at {r.concurrency:>3} streams: output tok/s "
+                      f"{r.tps / first.tps:.2f}x, TTFT p50 "
+                      f"{pct(r.ttft, 50) / pct(first.ttft, 50):.2f}x")
     if args.compare:
         print()
         for concurrency in sorted({r.concurrency for r in results}):

@@ -363,7 +363,10 @@ def test_client_disconnect_aborts_the_generation(stack, http):
 
     with http.stream("POST", "/v1/chat/completions",
                      json={**LONG_ESSAY, "stream": True}) as r:
-        next(r.iter_lines())
-        assert _wait_running(stack, 1) == 1
+        # Keep the line iterator: dropping it would close the stream, and so leave at once.
+        lines = r.iter_lines()
+        first = next(lines)
+        assert r.status_code == 200, first
+        assert _wait_running(stack, 1) == 1, first
     assert _wait_idle(stack) == 0
     assert _completed(stack) == completed
