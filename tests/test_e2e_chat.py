@@ -347,13 +347,12 @@ def _send_raw(stack, path: str, body: dict) -> socket.socket:
     return sock
 
 
-def test_client_disconnect_aborts_the_generation(stack, http):
-    """A client that leaves mid-generation frees vLLM: the request is aborted, not run to its
-    1500 tokens, for a plain request and for a stream. Conditions are waited for, never
-    assumed: the generation is seen running before the client leaves."""
+def leave_mid_generation(stack, path: str, body: dict) -> None:
+    """Send a plain (not streamed) request, leave once vLLM runs it, and check that vLLM
+    aborted it: it went idle without finishing the request."""
     assert _wait_idle(stack) == 0
     completed = _completed(stack)
-    sock = _send_raw(stack, "/v1/chat/completions", LONG_ESSAY)
+    sock = _send_raw(stack, path, body)
     try:
         assert _wait_running(stack, 1) == 1
     finally:
@@ -361,6 +360,13 @@ def test_client_disconnect_aborts_the_generation(stack, http):
     assert _wait_idle(stack) == 0
     assert _completed(stack) == completed  # aborted, not finished
 
+
+def test_client_disconnect_aborts_the_generation(stack, http):
+    """A client that leaves mid-generation frees vLLM: the request is aborted, not run to its
+    1500 tokens, for a plain request and for a stream. Conditions are waited for, never
+    assumed: the generation is seen running before the client leaves."""
+    leave_mid_generation(stack, "/v1/chat/completions", LONG_ESSAY)
+    completed = _completed(stack)
     with http.stream("POST", "/v1/chat/completions",
                      json={**LONG_ESSAY, "stream": True}) as r:
         # Keep the line iterator: dropping it would close the stream, and so leave at once.
