@@ -165,14 +165,18 @@ def test_json_object(client):
         assert content.lstrip().startswith("{")
 
 
+# Bounded strings: a tiny model's answer must fit in max_tokens.
+CAPITAL_SCHEMA = {
+    "type": "object",
+    "properties": {"country": {"type": "string", "maxLength": 16},
+                   "capital": {"type": "string", "maxLength": 16}},
+    "required": ["country", "capital"],
+    "additionalProperties": False,
+}
+
+
 def test_json_schema(client):
-    schema = {
-        "type": "object",
-        "properties": {"country": {"type": "string", "maxLength": 16},
-                       "capital": {"type": "string", "maxLength": 16}},
-        "required": ["country", "capital"],
-        "additionalProperties": False,
-    }
+    schema = CAPITAL_SCHEMA
     r = chat(client, max_tokens=64,
              messages=[{"role": "user", "content": "Give a country and its capital."}],
              response_format={"type": "json_schema",

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import CHAT_MODEL
 from tests.test_e2e_chat import (
+    CAPITAL_SCHEMA,
     LONG_ESSAY,
     _completed,
     _wait_idle,
@@ -31,13 +32,6 @@ WEATHER = {
 }
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "strict": True,
                 "description": "Get the current weather in a city", "parameters": WEATHER}
-CAPITAL = {
-    "type": "object",
-    "properties": {"country": {"type": "string", "maxLength": 20},
-                   "capital": {"type": "string", "maxLength": 20}},
-    "required": ["country", "capital"],
-    "additionalProperties": False,
-}
 VLLM_ONLY = {"kv_transfer_params", "ec_transfer_params", "input_messages", "output_messages"}
 
 
@@ -166,8 +160,8 @@ def test_function_tool_streamed(http, openai_schema):
 def test_json_schema_and_json_object(client):
     r = respond(client, input="Give the capital of France as JSON.", max_output_tokens=60,
                 temperature=0, text={"format": {"type": "json_schema", "name": "capital",
-                                                "schema": CAPITAL, "strict": True}})
-    jsonschema.validate(json.loads(r.output_text), CAPITAL)
+                                                "schema": CAPITAL_SCHEMA, "strict": True}})
+    jsonschema.validate(json.loads(r.output_text), CAPITAL_SCHEMA)
     assert r.text.format.type == "json_schema"
 
     r = respond(client, input="Give the capital of France as JSON.", max_output_tokens=60,
