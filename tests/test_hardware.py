@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from serving.config import hardware, load_config
-from serving.config.hardware import cpu_dtype, cpu_flags, describe_cpu, resolve_dtype
+from serving.config.hardware import (
+    cpu_dtype,
+    cpu_flags,
+    describe_cpu,
+    resolve_dtype,
+    vllm_cpu_env,
+)
 from serving.launcher.stack import worker_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +67,24 @@ def test_a_config_dtype_overrides_auto(tmp_path: Path, monkeypatch) -> None:
     spec = next(s for s in worker_specs(cfg, {n: Path("/m") for n in cfg.workers})
                 if s.name == "chat")
     assert spec.argv[spec.argv.index("--dtype") + 1] == "bfloat16"
+
+
+def test_a_small_cpu_keeps_no_core_back_from_vllm(tmp_path: Path, monkeypatch) -> None:
+    assert vllm_cpu_env(2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert vllm_cpu_env(1) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert vllm_cpu_env(8) == {}  # vLLM's own split: one core for its server and scheduler
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda _: {0, 1})  # a 2-core box
+    cfg = load_config([ROOT / "configs" / "cpu.yaml"])
+    chat = next(s for s in worker_specs(cfg, {n: Path("/m") for n in cfg.workers})
+                if s.name == "chat")
+    assert chat.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    overlay = tmp_path / "reserve.yaml"  # the config's own setting wins
+    overlay.write_text("workers: {chat: {env: {VLLM_CPU_NUM_OF_RESERVED_CPU: '1'}}}\n")
+    cfg = load_config([ROOT / "configs" / "cpu.yaml", overlay])
+    chat = next(s for s in worker_specs(cfg, {n: Path("/m") for n in cfg.workers})
+                if s.name == "chat")
+    assert chat.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    gpu = load_config([ROOT / "configs" / "gpu-h100.yaml"])
+    chat = next(s for s in worker_specs(gpu, {n: Path("/m") for n in gpu.workers})
+                if s.name == "chat")
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in chat.env

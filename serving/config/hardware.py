@@ -13,6 +13,7 @@ an explicit dtype in a config always wins.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 AUTO = "auto"
@@ -52,6 +53,19 @@ def resolve_dtype(dtype: str, device: str, *, cuda_auto: str = AUTO,
     if dtype != AUTO:
         return dtype
     return cpu_dtype(flags) if device == "cpu" else cuda_auto
+
+
+# vLLM's CPU backend binds its engine's OpenMP threads to all cores but one, which it keeps
+# for its API server and scheduler. On a 2-core machine that halves the compute: measured with
+# SmolLM2-135M (README, Performance), using both cores served 1.45x the tokens at 16 streams
+# in float32 and 1.06x in bf16, with a lower TTFT. Above that size vLLM's split stands.
+SMALL_CPU_CORES = 2
+
+
+def vllm_cpu_env(cores: int | None = None) -> dict[str, str]:
+    """Environment for a vLLM CPU worker: on a small machine, no core held back."""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if cores <= SMALL_CPU_CORES else {}
 
 
 def describe_cpu(flags: frozenset[str] | None = None) -> str:

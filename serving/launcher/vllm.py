@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from serving.config import Config, VllmArgs, WorkerConfig
-from serving.config.hardware import AUTO, describe_cpu, resolve_dtype
+from serving.config.hardware import AUTO, describe_cpu, resolve_dtype, vllm_cpu_env
 from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.router.text.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
@@ -62,10 +62,12 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
             argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     argv += args.extra_args
 
+    # On a small CPU, vLLM's engine gets every core (the config's own env wins).
+    env = {**vllm_cpu_env(), **worker.env} if config.device == "cpu" else worker.env
     return WorkerSpec(
         name=name,
         argv=argv,
-        env=worker_env(worker.env, worker.gpus),
+        env=worker_env(env, worker.gpus),
         port=worker.port,
         startup_timeout_s=worker.startup_timeout_s,
     )
