@@ -24,9 +24,14 @@ from serving.protocol.chat import (
 from serving.protocol.responses import RESPONSES_IGNORED, CreateResponseRequest
 from serving.router.call_worker import CallWorker
 from serving.router.context import RequestContext
-from serving.router.dependencies import Ctx, RegistryDep
+from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
 from serving.router.registry import Registry, Served
+from serving.router.text.image_inputs import (
+    chat_image_refs,
+    resolve_images,
+    responses_image_refs,
+)
 from serving.router.text.proxy import forward
 from serving.router.text.responses import forward_response
 
@@ -76,7 +81,8 @@ async def _forward(request: Request, ctx: Ctx, call: CallWorker, served: Served,
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, ctx: Ctx,
-                                 registry: RegistryDep, call: CallWorker) -> Response:
+                                 registry: RegistryDep, config: ConfigDep,
+                                 call: CallWorker) -> Response:
     served = _resolve(registry, ctx, body.model, "/v1/chat/completions", tools=bool(body.tools),
                       image_param=next((f"messages[{i}].content"
                                         for i, m in enumerate(body.messages) if m.has_images()),
@@ -87,6 +93,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     for message in upstream["messages"]:
         if message["role"] == "developer":  # OpenAI's newer name for the system role
             message["role"] = "system"
+    # vLLM gets checked data URLs only: it never fetches a client's URL itself.
+    await resolve_images(chat_image_refs(upstream["messages"]), config.router.images)
     response_format = upstream.get("response_format")
     if response_format and response_format["type"] == "json_schema" and (
         "json_schema" not in capabilities or "schema" not in response_format["json_schema"]
@@ -105,7 +113,8 @@ async def create_completion(body: CompletionRequest, request: Request, ctx: Ctx,
 
 @router.post("/v1/responses")
 async def create_response(body: CreateResponseRequest, request: Request, ctx: Ctx,
-                          registry: RegistryDep, call: CallWorker) -> Response:
+                          registry: RegistryDep, config: ConfigDep,
+                          call: CallWorker) -> Response:
     images_at = body.images_at()
     served = _resolve(registry, ctx, body.model, "/v1/responses", tools=bool(body.tools),
                       image_param=None if images_at is None else f"input[{images_at}].content")
@@ -116,6 +125,7 @@ async def create_response(body: CreateResponseRequest, request: Request, ctx: Ct
     for item in upstream["input"] if isinstance(upstream["input"], list) else ():
         if item.get("role") == "developer":  # as in chat: the templates know `system`
             item["role"] = "system"
+    await resolve_images(responses_image_refs(upstream["input"]), config.router.images)
     upstream["store"] = False  # vLLM keeps nothing either (its store is off unless enabled)
     upstream["cache_salt"] = ctx.key.cache_salt  # each key its own prompt cache, as in chat
     text_format = (upstream.get("text") or {}).get("format")
