@@ -76,6 +76,8 @@ def test_cpu_config_flags():
     assert '"backend": "xgrammar"' in argv
     assert "--tool-strict-level parameter" in argv
     assert "--chat-template" in argv and "--tensor-parallel-size" not in argv
+    # The model takes images: as many as the router lets through.
+    assert '--limit-mm-per-prompt {"image": 8}' in argv
 
 
 def test_overlay_deep_merges_in_order(tmp_path: Path):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -25,61 +23,19 @@ from serving.router.text.image_inputs import (
     resolve_images,
     responses_image_refs,
 )
+from tests.image_server import data_url, encoded, serve_images
 
 LOOPBACK = ImageInputs(allow_networks=["127.0.0.0/8"])
 
 
-def encoded(fmt: str, size: tuple[int, int] = (8, 6), frames: int = 1) -> bytes:
-    images = [Image.new("RGB", size, (40 * i, 100, 200)) for i in range(frames)]
-    out = io.BytesIO()
-    if frames > 1:
-        images[0].save(out, fmt, save_all=True, append_images=images[1:])
-    else:
-        images[0].save(out, fmt)
-    return out.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-PNG = encoded("PNG")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """/png: an image; /big: more bytes than allowed; /to/<path>: a redirect to <path>, which
-    may be a whole URL; /missing: 404."""
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/to/"):
-            target = self.path.removeprefix("/to/")
-            self.send_response(302)
-            self.send_header("Location", target if "://" in target else "/" + target)
-            self.end_headers()
-            return
-        body = {"/png": PNG, "/big": PNG + b"\0" * 5000}.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        if self.path != "/big":  # /big streams without a length: the byte cap must count
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+PNG = encoded("PNG", (8, 6))
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    """/png: an image; /big: more bytes than allowed, without a length; /to/...: redirects."""
+    with serve_images({"/png": PNG, "/big": PNG + b"\0" * 5000}, unsized={"/big"}) as url:
+        yield url
 
 
 def resolve(urls: list[str], limits: ImageInputs = LOOPBACK) -> list[dict]:
@@ -101,18 +57,18 @@ def refused(urls: list[str], limits: ImageInputs = LOOPBACK) -> dict:
 @pytest.mark.parametrize("fmt,mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"),
                                       ("WEBP", "image/webp")])
 def test_data_urls_of_each_format_pass_through_unchanged(fmt: str, mime: str):
-    url = data_url(encoded(fmt), mime)
+    url = data_url(encoded(fmt, (8, 6)), mime)
     [part] = resolve([url])
     assert part["image_url"] == {"url": url, "detail": "low"}
 
 
 def test_a_gif_becomes_its_first_frame_as_png():
-    [part] = resolve([data_url(encoded("GIF", frames=3), "image/gif")])
+    [part] = resolve([data_url(encoded("GIF", (8, 6), frames=3), "image/gif")])
     header, data = part["image_url"]["url"].split(",", 1)
     assert header == "data:image/png;base64"
     image = Image.open(io.BytesIO(base64.b64decode(data)))
     assert image.format == "PNG" and image.size == (8, 6)
-    assert image.convert("RGB").getpixel((0, 0)) == (0, 100, 200)  # frame 0's colour
+    assert image.convert("RGB").getpixel((0, 0)) == (200, 40, 40)  # frame 0's colour
 
 
 @pytest.mark.parametrize("payload,why", [
@@ -120,7 +76,7 @@ def test_a_gif_becomes_its_first_frame_as_png():
     (data_url(b"not an image at all"), "decoded"),
     ("data:image/png;base64,@@@@", "base64"),
     ("data:image/png," + "x" * 10, "base64"),
-    (data_url(encoded("BMP"), "image/bmp"), "format"),
+    (data_url(encoded("BMP", (8, 6)), "image/bmp"), "format"),
 ])
 def test_a_bad_image_is_a_400_naming_the_part(payload: str, why: str):
     error = refused([payload])

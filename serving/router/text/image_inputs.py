@@ -37,6 +37,10 @@ class ImageRef:
     holder: dict[str, Any]  # the dict whose `key` is the URL; rewritten in place
     key: str
 
+    @property
+    def url(self) -> str:
+        return self.holder[self.key]
+
 
 def _decode_data_url(url: str, max_bytes: int) -> bytes:
     header, comma, payload = url.partition(",")
@@ -80,7 +84,7 @@ def checked_data_url(data: bytes, max_pixels: int) -> str:
 
 
 async def _resolve_one(ref: ImageRef, limits: ImageInputs) -> None:
-    url = ref.holder[ref.key]
+    url = ref.url
     try:
         if url.startswith("data:"):
             data = _decode_data_url(url, limits.max_image_bytes)
