@@ -6,6 +6,11 @@ alternating rounds within one invocation, and prints router/direct ratios: the r
 
     python scripts/bench_chat.py --compare -c configs/cpu.yaml           # starts its own stack
     python scripts/bench_chat.py --target router --url http://127.0.0.1:8000 --key sk-...
+    python scripts/bench_chat.py -c configs/cpu.yaml --image 256x256   # prompts with a picture
+
+`--image` (a file, or WxH for a seeded random picture of that size) sends the picture as a data
+URL with every prompt, for models with the `vision` capability: TTFT then includes decoding it
+(router and vLLM) and encoding it into image tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +34,29 @@ PROMPTS = [
     "What makes a good cup of tea?",
     "Tell me about the history of bread.",
 ]
+
+
+def with_image(spec: str) -> list[list[dict]]:
+    """PROMPTS as content parts, each followed by the picture `spec`: a file, or WxH for random
+    pixels (seeded: every run sends the same bytes)."""
+    import base64
+    import io
+    import random
+
+    from PIL import Image
+
+    if "x" in spec and spec.replace("x", "", 1).isdigit():
+        width, height = (int(n) for n in spec.split("x"))
+        pixels = random.Random(0).randbytes(width * height * 3)
+        out = io.BytesIO()
+        Image.frombytes("RGB", (width, height), pixels).save(out, "PNG")
+        data = out.getvalue()
+    else:
+        data = Path(spec).read_bytes()
+    mime = Image.MIME[Image.open(io.BytesIO(data)).format]
+    url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    return [[{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+            for prompt in PROMPTS]
 
 
 @dataclass
@@ -66,7 +94,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
-async def one_stream(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
+async def one_stream(client: httpx.AsyncClient, model: str, prompt: str | list, max_tokens: int,
                      result: Result) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": 1.0, "stream": True,
@@ -150,7 +178,11 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--image", help="send this picture with every prompt: a file, or WxH for "
+                   "random pixels (vision models)")
     args = p.parse_args()
+    if args.image:
+        PROMPTS[:] = with_image(args.image)
 
     stack = None
     if args.config:
