@@ -11,6 +11,11 @@ a core binding is measured side by side with the others in one run.
     python scripts/bench_chat.py --target router --url http://127.0.0.1:8000 --key sk-...
     python scripts/bench_chat.py --target direct -c configs/cpu.yaml \
         --variant bf16=bf16.yaml --variant f32=f32.yaml --concurrency 1,16
+    python scripts/bench_chat.py -c configs/cpu.yaml --image 256x256   # prompts with a picture
+
+`--image` (a file, or WxH for a seeded random picture of that size) sends the picture as a data
+URL with every prompt, for models with the `vision` capability: TTFT then includes decoding it
+(router and vLLM) and encoding it into image tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +39,29 @@ PROMPTS = [
     "What makes a good cup of tea?",
     "Tell me about the history of bread.",
 ]
+
+
+def with_image(spec: str) -> list[list[dict]]:
+    """PROMPTS as content parts, each followed by the picture `spec`: a file, or WxH for random
+    pixels (seeded: every run sends the same bytes)."""
+    import base64
+    import io
+    import random
+
+    from PIL import Image
+
+    if "x" in spec and spec.replace("x", "", 1).isdigit():
+        width, height = (int(n) for n in spec.split("x"))
+        pixels = random.Random(0).randbytes(width * height * 3)
+        out = io.BytesIO()
+        Image.frombytes("RGB", (width, height), pixels).save(out, "PNG")
+        data = out.getvalue()
+    else:
+        data = Path(spec).read_bytes()
+    mime = Image.MIME[Image.open(io.BytesIO(data)).format]
+    url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    return [[{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+            for prompt in PROMPTS]
 
 
 @dataclass
@@ -71,7 +99,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
-async def one_stream(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int,
+async def one_stream(client: httpx.AsyncClient, model: str, prompt: str | list, max_tokens: int,
                      result: Result) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": 1.0, "stream": True,
@@ -242,10 +270,14 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERLAY",
                    help="compare deployments: the stack from -c plus this overlay (repeatable)")
+    p.add_argument("--image", help="send this picture with every prompt: a file, or WxH for "
+                   "random pixels (vision models)")
     args = p.parse_args()
     variants = [(v.partition("=")[0], Path(v.partition("=")[2])) for v in args.variant]
     if variants and (not args.config or args.compare):
         p.error("--variant needs -c, and compares one --target, not --compare")
+    if args.image:
+        PROMPTS[:] = with_image(args.image)
 
     results = run_variants(args, variants) if variants else run_targets(p, args)
 

@@ -45,7 +45,12 @@ def start_stack(tmp: Path, *configs: str, key: str | None = None) -> BackgroundS
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundStack]:
-    s = start_stack(tmp_path_factory.mktemp("stack"))
+    tmp = tmp_path_factory.mktemp("stack")
+    # The vision tests' image server listens on loopback, which image URLs may reach only
+    # where the config allows it; every other private address stays refused.
+    overlay = tmp / "images-from-loopback.yaml"
+    overlay.write_text("router: {images: {allow_networks: ['127.0.0.1/32']}}\n")
+    s = start_stack(tmp, "configs/cpu.yaml", str(overlay))
     yield s
     s.stop()
 

@@ -53,6 +53,19 @@ def test_gpu_config_is_a_real_h100_deployment():
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"
 
 
+def test_the_h200_config_serves_a_vision_model_with_tools():
+    cfg = load_config([ROOT / "configs" / "gpu-h200.yaml"])
+    vision = cfg.workers["vision"]
+    assert vision.entry.source.hub == "Qwen/Qwen3-VL-8B-Instruct"
+    assert {"vision", "tool_use", "prefix_caching"} <= vision.entry.capabilities
+    assert "vision" not in cfg.workers["chat"].entry.capabilities
+    specs = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
+    argv = " ".join(next(s for s in specs if s.name == "vision").argv)
+    for flag in ("--enable-auto-tool-choice --tool-call-parser hermes",
+                 '--limit-mm-per-prompt {"image": 8}', "--kv-cache-memory-bytes 8G"):
+        assert flag in argv
+
+
 def test_cpu_config_flags():
     cfg = load_config([ROOT / "configs" / "cpu.yaml"])
     spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
@@ -63,6 +76,8 @@ def test_cpu_config_flags():
     assert '"backend": "xgrammar"' in argv
     assert "--tool-strict-level parameter" in argv
     assert "--chat-template" in argv and "--tensor-parallel-size" not in argv
+    # The model takes images: as many as the router lets through.
+    assert '--limit-mm-per-prompt {"image": 8}' in argv
 
 
 def test_overlay_deep_merges_in_order(tmp_path: Path):

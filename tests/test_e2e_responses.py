@@ -183,8 +183,9 @@ def test_unsupported_parts_are_400s_naming_the_field(client):
         respond(client, input=[{"role": "user", "content": [
             {"type": "input_text", "text": "What is this?"},
             {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}])
+    # The model takes images, but this one is a truncated PNG: refused by the router.
     assert (image.value.body["param"], image.value.body["code"]) == \
-        ("input[0].content", "unsupported_parameter")
+        ("input[0].content[1]", "invalid_image")
     with pytest.raises(openai.BadRequestError) as retrieve:
         client.responses.retrieve("resp_123")
     assert retrieve.value.body["code"] == "unsupported_endpoint"

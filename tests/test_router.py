@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-unit-test"
 
 
-def router(tmp_path: Path, overlay: str = "") -> TestClient:
+def router(tmp_path: Path, overlay: str = "", limits: Limits | None = None) -> TestClient:
     others = [name for name in load_config([ROOT / "configs" / "cpu.yaml"]).workers
               if name != "chat"]
     (tmp_path / "chat-only.yaml").write_text(
@@ -43,7 +43,7 @@ def router(tmp_path: Path, overlay: str = "") -> TestClient:
     config = load_config(files)
     # Port 9 (discard) on loopback: nothing listens, as when a worker has crashed.
     app = create_app(config, {"chat": "http://127.0.0.1:9"},
-                     principals(keys_from_env({"SERVING_API_KEYS": KEY}), Limits()))
+                     principals(keys_from_env({"SERVING_API_KEYS": KEY}), limits or Limits()))
     return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
 
 
@@ -359,7 +359,10 @@ def test_responses_requests_are_checked_before_the_worker(tmp_path: Path):
          "input[0].content[0].extra", "unknown_parameter"),
         ({"input": [{"role": "user", "content": [
             {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
-         "input[0].content", "unsupported_parameter"),  # the model has no vision
+         "input[0].content[0]", "invalid_image"),  # not an image: a 400, not the worker's 500
+        ({"input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "http://169.254.169.254/x.png"}]}]},
+         "input[0].content[0]", "invalid_image_url"),  # not fetched (link-local)
     ]
     for body, param, code in bad:
         r = client.post("/v1/responses", json={"model": model, **body})
@@ -372,3 +375,80 @@ def test_responses_requests_are_checked_before_the_worker(tmp_path: Path):
     for method in ("GET", "DELETE"):
         r = client.request(method, "/v1/responses/resp_1")
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_endpoint"
+
+
+def test_image_input_needs_a_vision_model(tmp_path: Path):
+    """A chat model without `vision` refuses images before anything is fetched or decoded."""
+    catalog = tmp_path / "models"
+    catalog.mkdir()
+    for yaml in (ROOT / "models").glob("*.yaml"):
+        text = yaml.read_text()
+        if yaml.stem == "smollm2-135m-instruct":
+            text = text.replace("vision: tiny-idefics3", "").replace("vision, ", "")
+        (catalog / yaml.name).write_text(text)
+    client = router(tmp_path, f"catalog_dir: {catalog}\n")
+    image = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}
+    r = client.post("/v1/chat/completions", json={
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("messages[1].content", "unsupported_parameter")
+    catalog_entry = next(m for m in client.get("/v1/catalog").json()["data"]
+                         if m["id"] == "smollm2-135m-instruct")
+    assert "vision" not in catalog_entry["capabilities"]
+
+
+def test_images_are_checked_by_the_router_before_the_worker(tmp_path: Path):
+    """On the vision model: bad images are 400s naming the part; good ones reach the (down)
+    worker, a 503. The catalog lists `vision`."""
+    client = router(tmp_path, "router: {images: {max_images_per_request: 2}}\n")
+    png = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4"
+           "z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==")
+
+    def ask(*urls: str) -> httpx.Response:
+        parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        return client.post("/v1/chat/completions", json={
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "?"}, *parts]}]})
+
+    assert ask(png, png).status_code == 503
+    for urls, param, code in [
+        ((png, png, png), "messages[0].content[3]", "too_many_images"),
+        ((png, png[:60]), "messages[0].content[2]", "invalid_image"),
+        (("http://10.1.2.3/cat.png",), "messages[0].content[1]", "invalid_image_url"),
+        (("file:///etc/passwd",), "messages[0].content[1]", "invalid_image_url"),
+    ]:
+        r = ask(*urls)
+        assert r.status_code == 400, r.text
+        assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code)
+    catalog_entry = next(m for m in client.get("/v1/catalog").json()["data"]
+                         if m["id"] == "smollm2-135m-instruct")
+    assert "vision" in catalog_entry["capabilities"]
+
+
+def test_an_image_reserves_its_tokens_not_its_bytes(tmp_path: Path):
+    """A tokens-per-minute limit reserves an image's likely tokens, not a quarter of its
+    base64: a picture of 40 kB passes a limit of 3000 tokens that 16 kB of text does not."""
+    import base64
+    import io
+    import random
+
+    from PIL import Image
+
+    client = router(tmp_path, limits=Limits(tokens_per_minute=3000))
+    noise = Image.frombytes("RGB", (120, 120), random.Random(0).randbytes(120 * 120 * 3))
+    png = io.BytesIO()
+    noise.save(png, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    assert len(url) > 40_000
+
+    def ask(content) -> httpx.Response:
+        return client.post("/v1/chat/completions", json={
+            "model": "smollm2-135m-instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": content}]})
+
+    assert ask("word " * 3200).status_code == 429
+    image = [{"type": "text", "text": "?"}, {"type": "image_url", "image_url": {"url": url}}]
+    assert ask(image).status_code == 503  # admitted; the worker is down

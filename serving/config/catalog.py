@@ -69,6 +69,10 @@ class PackageSource(Strict):
     format: Literal["ready", "gguf"] = Field(
         default="ready", description="ready: loaded as it is; gguf: converted to a HF folder."
     )
+    vision: Literal["tiny-idefics3"] | None = Field(
+        default=None, description="tiny-idefics3: the converted text model becomes the text "
+        "half of an Idefics3 vision-language model with a small random vision encoder "
+        "(serving.weights.tiny_vlm), so vLLM serves images on its real multimodal path.")
 
 
 class AssembleSource(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, IPvAnyNetwork, model_validator
 
 from serving.config.catalog import ModelEntry, Strict
 from serving.config.engines import DiffusersArgs, TtsArgs, VllmArgs, WhisperArgs
@@ -71,6 +71,28 @@ class VideoJobs(Strict):
     max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
 
 
+class ImageInputs(Strict):
+    """How the router takes images in chat requests. It resolves each `image_url` itself (data
+    URLs decoded, http(s) URLs fetched) and hands vLLM only checked data URLs, so no engine ever
+    fetches a client's URL. Fetching is a server-side request: by default only public addresses
+    are reached, every redirect is checked again, and size and time are bounded."""
+
+    max_images_per_request: int = Field(default=8, ge=0)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
+                                 description="Largest image, encoded, from a data URL or a fetch.")
+    max_pixels: int = Field(default=40_000_000, ge=1,
+                            description="Largest image, decoded (width x height): a small file "
+                            "that decodes to a huge bitmap is refused before it is decoded.")
+    fetch_timeout_s: float = Field(default=10.0, gt=0,
+                                   description="A whole fetch, redirects included.")
+    max_redirects: int = Field(default=3, ge=0)
+    allow_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Networks that URLs may reach although they are not public (private, "
+        "loopback, link-local or reserved), e.g. `10.1.2.0/24` for an internal image store. "
+        "Empty: public addresses only.")
+
+
 class RouterConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -87,6 +109,8 @@ class RouterConfig(Strict):
                                 description="Largest request body (transcription uploads have "
                                 "their own limit, from the model's catalog entry).")
     videos: VideoJobs = Field(default_factory=VideoJobs)
+    images: ImageInputs = Field(default_factory=ImageInputs,
+                                description="Image inputs of chat requests (vision models).")
     default_limits: Limits = Field(
         default_factory=Limits,
         description="Limits of keys that set none, including those from SERVING_API_KEYS.")

@@ -46,6 +46,10 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
         if args.tool_strict_level:
             argv += ["--tool-strict-level", args.tool_strict_level]
+    if "vision" in caps:
+        # As many images as the router lets through; it hands vLLM data URLs only.
+        limit = config.router.images.max_images_per_request
+        argv += ["--limit-mm-per-prompt", json.dumps({"image": limit})]
     if (template := chat_template_path(entry)) is not None:
         argv += ["--chat-template", str(template)]
     if args.max_model_len:

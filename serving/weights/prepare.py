@@ -58,7 +58,13 @@ def _packages(source: object) -> list[str]:
 
 def _digest(entry: ModelEntry) -> str:
     """Changes whenever the source or a package version does, so stale builds are redone."""
-    key = entry.source.model_dump_json()
+    # An unset `vision` is left out, so adding the field kept the folders already built.
+    unset = {"vision"} if getattr(entry.source, "vision", "") is None else None
+    key = entry.source.model_dump_json(exclude=unset)
+    if getattr(entry.source, "vision", None) is not None:
+        from serving.weights.tiny_vlm import BUILD_VERSION
+
+        key += f"tiny_vlm {BUILD_VERSION}"
     for package in _packages(entry.source):
         try:
             key += importlib.metadata.version(package)
@@ -148,6 +154,14 @@ def prepare_model(entry: ModelEntry, cache_dir: Path, dtype: str = "auto") -> Pa
     elif isinstance(source, TinySource):
         build = _in_child(f"building tiny {source.tiny} pipeline", "serving.weights.tiny",
                           source.tiny, "--seed", str(source.seed))
+    elif source.vision is not None:
+        if final.is_dir():
+            return final
+        # The text model first, in its own folder: the one the entry without vision has.
+        text = entry.model_copy(update={"source": source.model_copy(update={"vision": None})})
+        text_dir = prepare_model(text, cache_dir, dtype)
+        build = _in_child("adding a tiny vision encoder", "serving.weights.tiny_vlm",
+                          str(text_dir))
     else:
         path = package_path(source)
         if source.format == "ready":
