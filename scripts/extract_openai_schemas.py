@@ -2,9 +2,10 @@
 
 The full spec (87k lines of YAML) is not needed at test time, and may not sit beside a CI
 checkout; this keeps the schemas the router's responses must match, with every schema they
-reference, in tests/openai_schemas.json (OpenAI's spec is MIT-licensed).
+reference, in tests/openai_schemas.json (OpenAI's spec is MIT-licensed). Where to get the
+spec and when to rerun this: docs/openai-schemas.md.
 
-    python scripts/extract_openai_schemas.py ../shared/openai/openapi.yaml
+    python scripts/extract_openai_schemas.py PATH/TO/openapi.yaml
 """
 
 from __future__ import annotations
