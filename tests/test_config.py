@@ -114,6 +114,18 @@ def test_deep_merge_replaces_lists_and_scalars():
         ("device: tpu", "device: Input should be 'cpu' or 'cuda'"),
         ("workers: [1]", "workers: Input should be a valid dictionary"),
         ("router: [", "not valid YAML"),
+        ("router: {processes: 2}", "router.processes: 2 processes need shared stores, but "
+         "router.rate_limit_store is `memory`"),
+        ("router: {processes: 2, rate_limit_store: 'redis://r:6379'}",
+         "router.database is SQLite"),
+        ("router: {database: 'mysql://x/y'}", "router.database: String should match"),
+        ("router: {artifacts: 's3://A_bucket'}", "router.artifacts: String should match"),
+        ("workers: {chat: {replicas: 2, endpoints: ['http://a:1']}}",
+         "workers.chat: Value error, set `replicas`"),
+        ("workers: {chat: {endpoints: ['a:1']}}", "is not an http(s):// URL"),
+        ("workers: {chat: {replicas: 2, gpus: [0, 1, 2]}}",
+         "3 gpus cannot be split evenly among 2 replicas"),
+        ("workers: {chat: {routing: {policy: random}}}", "workers.chat.routing.policy"),
     ],
 )
 def test_bad_overlay_names_file_key_and_problem(tmp_path: Path, text: str, expected: str):
@@ -125,6 +137,23 @@ def test_bad_overlay_names_file_key_and_problem(tmp_path: Path, text: str, expec
 
 
 SHA = "ab" * 32
+
+
+def test_shared_stores_allow_several_router_processes(tmp_path: Path):
+    shared = write(tmp_path, "shared.yaml", """
+router:
+  processes: 4
+  rate_limit_store: redis://redis:6379/0
+  database: postgresql://serving@db:5432/serving
+  artifacts: s3://videos/serving
+  artifacts_endpoint: http://s3:8333
+workers: {chat: {replicas: 2, gpus: [0, 1]}}
+""")
+    config = load_config([ROOT / "configs" / "cpu.yaml", shared])
+    assert config.router.processes == 4
+    chat = config.workers["chat"]
+    assert [chat.replica_gpus(i) for i in range(2)] == [[0], [1]]
+    assert chat.routing.policy == "cache_aware"
 
 
 def test_two_keys_with_one_name_are_a_config_error(tmp_path: Path,

@@ -71,6 +71,22 @@ class VideoJobs(Strict):
     max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
 
 
+class LedgerConfig(Strict):
+    """How the usage ledger writes and keeps its rows (in `router.database`)."""
+
+    flush_interval_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Rows are written in batches off the event loop, at least this often.")
+    max_buffered: int = Field(
+        default=100_000, ge=1000,
+        description="Rows held in memory while the database is unreachable. Past this the "
+        "oldest are dropped (each drop logged and counted in /metrics), so a long outage "
+        "cannot exhaust memory; about 300 bytes a row.")
+    retention_days: float | None = Field(
+        default=None, gt=0,
+        description="Rows older than this are deleted (hourly). Unset: kept forever.")
+
+
 class ImageInputs(Strict):
     """How the router takes images in chat requests. It resolves each `image_url` itself (data
     URLs decoded, http(s) URLs fetched) and hands vLLM only checked data URLs, so no engine ever
@@ -117,8 +133,28 @@ class RouterConfig(Strict):
     rate_limit_store: str = Field(
         default="memory", pattern=r"^(memory|rediss?://.+)$",
         description="`memory` (one router process) or a redis:// URL shared by replicas.")
+    database: str | None = Field(
+        default=None, pattern=r"^(sqlite|postgresql)(\+\w+)?://.*$",
+        description="Where the usage ledger and the video jobs live: a SQLAlchemy URL, "
+        "`sqlite:////abs/path.db` or `postgresql://user:pass@host:5432/db` (shared by router "
+        "replicas). Unset: SQLite files under state_dir (usage.db, videos.db).")
     usage_db: Path | None = Field(
-        default=None, description="The usage ledger (SQLite); default state_dir/usage.db.")
+        default=None, description="With `database` unset: the ledger's SQLite file, relative "
+        "to state_dir (default usage.db).")
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    artifacts: str | None = Field(
+        default=None, pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$",
+        description="Where rendered videos are stored: `s3://BUCKET/PREFIX` (any S3-compatible "
+        "store; credentials from the standard AWS environment variables) or `file:///path`. "
+        "Unset: state_dir/videos.")
+    artifacts_endpoint: str | None = Field(
+        default=None, pattern=r"^https?://.+",
+        description="The S3 endpoint URL of a store other than AWS (MinIO, SeaweedFS, R2...).")
+    processes: int = Field(
+        default=1, ge=1, le=256,
+        description="Router processes `serving up` runs on the one port (the kernel spreads "
+        "connections). More than one needs shared stores: a PostgreSQL `database`, a Redis "
+        "`rate_limit_store`, and `artifacts` every process reaches.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="Also serve /metrics without a key on this port (bound to `host`); "
@@ -127,6 +163,34 @@ class RouterConfig(Strict):
         default=30.0, ge=0,
         description="On SIGTERM, requests in flight get this long to finish.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Routing(Strict):
+    """Spreading requests over a worker's replicas. A chat pool goes through an existing
+    cache-aware router (`engine`), started and supervised like a worker; media pools are
+    spread by the router itself, to the replica with the fewest requests in flight."""
+
+    policy: Literal["cache_aware", "round_robin", "power_of_two"] = Field(
+        default="cache_aware",
+        description="cache_aware: to the replica holding the longest prefix of the prompt "
+        "in its KV cache, unless the load is unbalanced.")
+    engine: Literal["vllm-router", "smg"] = Field(
+        default="vllm-router", description="The chat pool's router binary.")
+    cache_threshold: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Least prefix match (share of the prompt) that routes by cache; below "
+        "it the least loaded replica gets the request.")
+    balance_abs_threshold: int = Field(
+        default=32, ge=0,
+        description="The load is unbalanced when the busiest replica has this many more "
+        "requests than the idlest...")
+    balance_rel_threshold: float = Field(
+        default=1.5, ge=1, description="...and this many times as many.")
+    health_check_interval_s: float = Field(
+        default=2.0, gt=0, description="A replica failing its health check leaves the pool "
+        "until it passes again.")
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="The chat pool router's port; unset: a free one.")
 
 
 class WorkerConfig(Strict):
@@ -146,11 +210,44 @@ class WorkerConfig(Strict):
         default=256, ge=1,
         description="Requests in flight to this worker's model; past it the router answers "
         "503 with Retry-After at once instead of queueing without bound.")
+    replicas: int = Field(
+        default=1, ge=1, le=64,
+        description="Local replicas `serving up` starts, each on its own port; `gpus` are "
+        "split among them in order (gpus [0, 1] with 2 replicas: one GPU each).")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Replicas that run elsewhere (pods, other nodes), as base URLs such as "
+        "http://10.0.0.5:8001. When set, `serving up` and `serving router` start no local "
+        "replica of this worker.")
+    routing: Routing = Field(default_factory=lambda: Routing(),
+                             description="How requests spread over several replicas.")
 
     # Filled in by the loader from the catalog.
     entry: ModelEntry | None = Field(default=None, exclude=True)
     args: VllmArgs | DiffusersArgs | WhisperArgs | TtsArgs | None = Field(default=None,
                                                                           exclude=True)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> WorkerConfig:
+        if self.endpoints and "replicas" in self.model_fields_set:
+            raise ValueError("set `replicas` (started here) or `endpoints` (running "
+                             "elsewhere), not both")
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoints: {url!r} is not an http(s):// URL")
+        if self.gpus is not None and self.replicas > 1 and len(self.gpus) % self.replicas:
+            raise ValueError(f"{len(self.gpus)} gpus cannot be split evenly among "
+                             f"{self.replicas} replicas")
+        if self.port is not None and self.replicas > 1:
+            raise ValueError("a fixed `port` serves one replica; leave it unset with replicas")
+        return self
+
+    def replica_gpus(self, index: int) -> list[int] | None:
+        """Replica `index`'s share of `gpus`."""
+        if self.gpus is None:
+            return None
+        share = len(self.gpus) // self.replicas
+        return self.gpus[index * share:(index + 1) * share]
 
 
 class GpuSpec(Strict):

@@ -110,6 +110,24 @@ def load_catalog(directory: Path) -> dict[str, ModelEntry]:
     return by_name
 
 
+def per_process_store(config: Config) -> str | None:
+    """Why `router.processes` > 1 cannot work with this config's stores, or None. Several
+    router processes (here or on other nodes) must share rate limits, the ledger, video jobs
+    and their files, or each would count and keep its own."""
+    router = config.router
+    if router.processes == 1:
+        return None
+    problems = []
+    if router.rate_limit_store == "memory":
+        problems.append("router.rate_limit_store is `memory` (each process would count "
+                        "alone): use a redis:// URL")
+    if router.database is None or router.database.startswith("sqlite"):
+        problems.append("router.database is SQLite (one writer per file, on one node): use a "
+                        "postgresql:// URL")
+    return (f"router.processes: {router.processes} processes need shared stores, but "
+            + "; ".join(problems)) if problems else None
+
+
 def load_config(paths: list[Path]) -> Config:
     """Deep-merge the files in order, validate, and resolve each worker's catalog entry."""
     if not paths:
@@ -133,6 +151,9 @@ def load_config(paths: list[Path]) -> Config:
     config.workers = {name: w for name, w in config.workers.items() if w.enabled}
     if not config.workers:
         raise ConfigError(f"{paths[-1]}: workers: every worker is disabled")
+
+    if problem := per_process_store(config):
+        raise ConfigError(f"{provenance.get(('router', 'processes'), paths[-1])}: {problem}")
 
     catalog = load_catalog(config.catalog_dir)
     served: dict[str, str] = {}
