@@ -14,14 +14,12 @@ import os
 import signal
 from pathlib import Path
 
-import uvicorn
-
 from serving.config import Config
 from serving.launcher.media import media_worker
 from serving.launcher.order import start_after, start_in_order
+from serving.launcher.router_process import bind, extra_router_specs, serve
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
-from serving.router.admin import metrics_only_app
 from serving.router.app import create_app
 from serving.router.dependencies import services_of
 from serving.router.keys import (
@@ -70,15 +68,17 @@ async def run_stack(
     host: str,
     port: int,
     runtime_file: Path | None = None,
+    config_files: tuple[Path, ...] = (),
 ) -> int:
+    """`config_files` are what `config` was loaded from: extra router processes load them."""
     loop = asyncio.get_running_loop()
-    server: uvicorn.Server | None = None
     startup: asyncio.Task | None = None
+    stop_requested = False
 
     def on_signal(signum: int, _frame) -> None:
+        nonlocal stop_requested
         log.info("received %s; shutting down", signal.Signals(signum).name)
-        if server is not None:
-            server.should_exit = True
+        stop_requested = True
         if startup is not None:
             loop.call_soon_threadsafe(startup.cancel)
 
@@ -96,25 +96,39 @@ async def run_stack(
         await startup
         startup = None
 
+        if stop_requested:  # between the workers' start and the router's
+            return 130
         app = create_app(config, {s.name: s.url for s in supervisors}, keys)
         for s in supervisors:  # a worker restarted on another port is reached there
             s.on_up.append(services_of(app).workers[s.name].move_to)
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False,
-            timeout_graceful_shutdown=config.router.shutdown_grace_s, server_header=False,
-        ))
-        # Started first so the API server's signal handling is outermost: a SIGTERM drains the
-        # API, then stops the metrics port (uvicorn hands the signal on when it returns).
-        metrics = None if config.router.metrics_port is None else uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app), host=host, port=config.router.metrics_port, log_config=None,
-            access_log=False, server_header=False))
-        metrics_task = metrics and asyncio.create_task(metrics.serve())
-        announce = asyncio.create_task(_announce(server, supervisors, host, runtime_file))
-        await server.serve()
-        announce.cancel()
-        if metrics is not None and metrics_task is not None:
-            metrics.should_exit = True
-            await metrics_task
+        processes = config.router.processes
+        if processes > 1 and runtime_file is None:
+            # The other router processes follow the workers through this file.
+            runtime_file = config.state_dir / f"runtime-{os.getpid()}.json"
+        try:
+            sock = bind(host, port, reuse_port=processes > 1)
+        except OSError as e:
+            log.error("cannot listen on %s:%s: %s", host, port, e.strerror)
+            return 1
+        url = f"http://{host}:{sock.getsockname()[1]}"
+
+        def started() -> None:
+            if runtime_file is not None:
+                _write_runtime(runtime_file, url, supervisors)
+                for s in supervisors:  # where a restarted worker listens now
+                    s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
+            if processes > 1:
+                others = extra_router_specs(config_files, runtime_file, host,
+                                            sock.getsockname()[1], processes)
+                routers_task.append(asyncio.create_task(_start_routers(others, routers)))
+            print(f"serving: ready on {url}/v1", flush=True)
+
+        routers: list[Supervisor] = []
+        routers_task: list[asyncio.Task] = []
+        server = await serve(app, config, sock, started)
+        for task in routers_task:
+            task.cancel()
+        await asyncio.gather(*(r.stop() for r in routers))
         return 0 if server.started else 1
     except asyncio.CancelledError:
         return 130
@@ -128,18 +142,11 @@ async def run_stack(
         log.info("stopped")
 
 
-async def _announce(
-    server: uvicorn.Server, supervisors: list[Supervisor], host: str, runtime_file: Path | None
-) -> None:
-    while not server.started:
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://{host}:{port}"
-    if runtime_file is not None:
-        _write_runtime(runtime_file, url, supervisors)
-        for s in supervisors:  # where a restarted worker listens now
-            s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
-    print(f"serving: ready on {url}/v1", flush=True)
+async def _start_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None:
+    for spec in specs:
+        router = Supervisor(spec)
+        out.append(router)
+        await router.start()
 
 
 def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
@@ -156,7 +163,8 @@ def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Superv
     tmp.replace(runtime_file)
 
 
-def run(config: Config, host: str, port: int, runtime_file: Path | None = None) -> int:
+def run(config: Config, host: str, port: int, runtime_file: Path | None = None,
+        config_files: tuple[Path, ...] = ()) -> int:
     try:
         keys = resolve_keys(config)
     except UnresolvedKey as e:
@@ -168,7 +176,7 @@ def run(config: Config, host: str, port: int, runtime_file: Path | None = None) 
         model_paths = prepare_all(config)
     except KeyboardInterrupt:
         return 130
-    stack = run_stack(config, model_paths, keys, host, port, runtime_file)
+    stack = run_stack(config, model_paths, keys, host, port, runtime_file, config_files)
     try:
         import uvloop
     except ImportError:

@@ -56,6 +56,7 @@ class WorkerSpec:
     port: int | None = None
     startup_timeout_s: float = 900.0
     health_path: str = "/health"
+    host: str = "127.0.0.1"  # where the supervisor checks its health
 
     def command(self, port: int) -> list[str]:
         return [*self.argv, "--port", str(port)]
@@ -106,7 +107,8 @@ class Supervisor:
     @property
     def url(self) -> str:
         assert self.port is not None, "the worker has not been started"
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "::", "") else self.spec.host
+        return f"http://{host}:{self.port}"
 
     def _became_healthy(self) -> None:
         self.state = State.up
