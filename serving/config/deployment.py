@@ -152,9 +152,10 @@ class RouterConfig(Strict):
         description="The S3 endpoint URL of a store other than AWS (MinIO, SeaweedFS, R2...).")
     processes: int = Field(
         default=1, ge=1, le=256,
-        description="Router processes `serving up` runs on the one port (the kernel spreads "
-        "connections). More than one needs shared stores: a PostgreSQL `database`, a Redis "
-        "`rate_limit_store`, and `artifacts` every process reaches.")
+        description="Router processes `serving up` and `serving router` run on the one port "
+        "(the kernel spreads connections). More than one needs a Redis `rate_limit_store`; "
+        "the default SQLite files serve the processes of one node, and routers on several "
+        "nodes need a PostgreSQL `database` and `artifacts` in S3.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="Also serve /metrics without a key on this port (bound to `host`); "
