@@ -9,6 +9,7 @@ see the same manifests; nothing here contacts a cluster.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import subprocess
@@ -24,7 +25,7 @@ import yaml
 
 from serving.config import ConfigError, load_catalog, load_config
 from serving.config.catalog import Modality
-from serving.config.deployment import Routing
+from serving.config.deployment import Config, RouterConfig, Routing, WorkerConfig
 from serving.config.loader import deep_merge
 from serving.config.plan import check_plan, memory_plan
 
@@ -417,11 +418,26 @@ def test_dev_stores_are_wired_into_the_config(tmp_path: Path):
     ({"config": {"workers": {"chat": {"routing": {"policy": "random"}}}}}, "policy"),
     ({"config": {"workers": {"Chat_2": {"model": "qwen2.5-7b-instruct"}}}}, "Chat_2"),
     ({"artifacts": {"url": "http://bucket"}}, "url"),
+    ({"config": {"router": {"rate_limits": "redis://x"}}}, "rate_limits"),
+    ({"config": {"workers": {"chat": {"max_inflight": 4}}}}, "max_inflight"),
 ], ids=["negative-gpus", "cache-type", "unknown-key", "routing-policy", "worker-name",
-        "artifacts-url"])
+        "artifacts-url", "config-router-typo", "config-worker-typo"])
 def test_a_bad_value_fails_the_schema(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):
         render("values-fleet.yaml", overrides)
+
+
+def test_the_schema_knows_every_config_field_and_no_other():
+    """The schema refuses unknown keys under `config` (a typo fails at render, not in a crash
+    loop), so it must list exactly the fields of the project's config models."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["config"]
+    worker = config["properties"]["workers"]["additionalProperties"]
+    for node, model in ((config, Config), (config["properties"]["router"], RouterConfig),
+                        (worker, WorkerConfig), (worker["properties"]["routing"], Routing)):
+        fields = {name for name, f in model.model_fields.items() if not f.exclude}
+        assert set(node["properties"]) == fields, model.__name__
+        assert node["additionalProperties"] is False
 
 
 @pytest.mark.parametrize("overrides, message", [

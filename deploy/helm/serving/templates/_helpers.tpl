@@ -131,6 +131,18 @@ side by side; nothing otherwise. */}}
 {{- if and (hasPrefix "postgres" ($s.database | default "")) (hasPrefix "redis" ($s.rate_limit_store | default "")) (hasPrefix "s3://" ($s.artifacts | default "")) }}true{{ end }}
 {{- end }}
 
+{{/* The configured keys of config.router.api_keys, as a YAML list. */}}
+{{- define "serving.apiKeys" -}}
+{{- toYaml (dig "router" "api_keys" list .Values.config | default list) }}
+{{- end }}
+
+{{/* "true" when the chart generates the one admin key: no key is configured anywhere and
+apiKeys.generate is on; nothing otherwise. */}}
+{{- define "serving.generatesKey" -}}
+{{- $keys := include "serving.apiKeys" . | fromYamlArray }}
+{{- if and .Values.apiKeys.generate (not $keys) (not .Values.apiKeys.existingSecret) (not .Values.apiKeys.env) }}true{{ end }}
+{{- end }}
+
 {{/* The Secret holding the S3 credentials, or nothing. */}}
 {{- define "serving.s3Secret" -}}
 {{- if .Values.artifacts.dev.enabled }}

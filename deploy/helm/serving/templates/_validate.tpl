@@ -25,7 +25,7 @@ change, so a bad release fails at render instead of as pods that crash.
 {{- end }}
 {{- $where := dict "host" "the chart (0.0.0.0)" "port" "the chart (8000)" "database" "database.url or database.dev" "rate_limit_store" "rateLimitStore.url or rateLimitStore.dev" "artifacts" "artifacts.url or artifacts.dev" "artifacts_endpoint" "artifacts.endpoint" "processes" "router.processes" }}
 {{- range $key := keys $where | sortAlpha }}
-{{- if hasKey ($.Values.config.router | default dict) $key }}
+{{- if hasKey (dig "router" dict $.Values.config) $key }}
 {{- fail (printf "config.router.%s: set by %s" $key (index $where $key)) }}
 {{- end }}
 {{- end }}
@@ -46,7 +46,7 @@ change, so a bad release fails at render instead of as pods that crash.
 {{- fail "router: more than one router pod shares its ledger, video jobs, rate limits and videos: set database (PostgreSQL), rateLimitStore (Redis) and artifacts (S3), each as `url` or `dev.enabled`" }}
 {{- end }}
 {{- $secretEnv := .Values.apiKeys.env | default dict }}
-{{- range $i, $k := .Values.config.router.api_keys | default list }}
+{{- range $i, $k := include "serving.apiKeys" . | fromYamlArray }}
 {{- if and $k.env (not $.Values.apiKeys.existingSecret) (not (hasKey $secretEnv $k.env)) }}
 {{- fail (printf "config.router.api_keys[%d] (%s): its key comes from $%s; put it in apiKeys.env or apiKeys.existingSecret" $i $k.name $k.env) }}
 {{- end }}
