@@ -234,6 +234,9 @@ def test_worker_pods_probe_health_and_cache_models_on_a_volume():
         # Downloads on first start: at least half an hour before the pod is given up on.
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+        # A deleted pod drains before it stops, within its grace period.
+        drain = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert 0 < drain < pod["terminationGracePeriodSeconds"]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["SERVING_CACHE_DIR"] == "/var/cache/serving"
         assert env["HF_HOME"] == "/var/cache/serving/huggingface"
