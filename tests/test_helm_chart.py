@@ -205,6 +205,15 @@ def test_chat_workers_are_exactly_the_chat_models(values_file: str):
         assert container(deployment)["command"][:3] == ["serving", "worker", name]
 
 
+def test_a_disabled_worker_has_no_pods_and_no_endpoint(tmp_path: Path):
+    manifests = render("values-single-node.yaml",
+                       {"config": {"workers": {"videos": {"enabled": False}}}})
+    assert "serving-worker-videos" not in names(manifests, "Deployment")
+    assert "serving-worker-videos" not in names(manifests, "Service")
+    config = load_config([rendered_config(manifests, tmp_path)])
+    assert set(config.workers) == {"chat", "images", "transcription", "speech"}
+
+
 def test_gpu_workers_request_and_limit_their_gpus():
     manifests = render("values-single-node.yaml")
     for name in ("chat", "images", "videos", "transcription"):
