@@ -462,6 +462,8 @@ def test_the_schema_knows_every_config_field_and_no_other():
     ({"router": {"processes": 4}, "rateLimitStore": {"url": ""}}, "router.processes"),
     ({"apiKeys": {"existingSecret": ""}}, r"\$TEAM_A_KEY"),
     ({"database": {"dev": {"enabled": True}}}, "not both"),
+    ({"config": {"workers": {"images": {"gpus": [1]}}}}, "config.workers.images.gpus: GPU 1"),
+    ({"config": {"workers": {"speech": {"gpus": [0]}}}}, "config.workers.speech.gpus: GPU 0"),
 ])
 def test_values_that_cannot_work_fail_with_what_to_change(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):

@@ -18,6 +18,14 @@ change, so a bad release fails at render instead of as pods that crash.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- range $name := $workers }}
+{{- $w := include "serving.workerValues" (list $ $name) | fromYaml }}
+{{- range $index := dig $name "gpus" list $.Values.config.workers | default list }}
+{{- if ge (int $index) (int $w.gpus) }}
+{{- fail (printf "config.workers.%s.gpus: GPU %v, but each pod of the worker has %v (workers.%s.gpus), numbered from 0" $name $index $w.gpus $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $name, $_ := .Values.workers }}
 {{- if not (hasKey $.Values.config.workers $name) }}
 {{- fail (printf "workers.%s: no such worker in config.workers" $name) }}
