@@ -48,7 +48,7 @@ router:
     - {{name: tpm-responses, sha256: {hash_key(RESPONSES_TPM_KEY)},
         limits: {{tokens_per_minute: 400}}}}
     - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
-    - {{name: shared, sha256: {hash_key(SHARED_KEY)}, limits: {{requests_per_minute: 3}}}}
+    - {{name: shared, sha256: {hash_key(SHARED_KEY)}, limits: {{requests_per_minute: 2}}}}
 workers:
   chat: {{max_in_flight: 1}}
   videos: {{enabled: false}}
@@ -106,7 +106,8 @@ def test_requests_per_minute(limited: BackgroundStack, redis_url: str):
 
 def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: Path):
     """A second router (`serving router` beside the stack) knows the same keys and counts
-    against the same buckets: three requests spread over both spend the key's minute."""
+    against the same buckets: two requests, one through each, spend the key's minute (one
+    request back every 30 s: a slow machine may see one refill, never two)."""
     root = Path(__file__).resolve().parent.parent
     own_port = tmp_path / "b.yaml"
     own_port.write_text("router: {metrics_port: null}\n")  # the stack has that one
@@ -117,15 +118,16 @@ def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: P
         a = as_key(limited, SHARED_KEY)
         b = httpx.Client(base_url=router_b.v1, timeout=120,
                          headers={"Authorization": f"Bearer {SHARED_KEY}"})
-        for http, left in ((a, 2), (b, 1), (a, 0)):
+        for http, left in ((a, 1), (b, 0)):
             r = http.post("/chat/completions", json=ask())
             assert r.status_code == 200, r.text
             assert r.headers["x-ratelimit-remaining-requests"] == str(left)
-        for http in (b, a):
-            r = http.post("/chat/completions", json=ask())
-            assert r.status_code == 429, r.text
-            assert r.headers["retry-after"].isdigit()
-            assert r.headers["x-ratelimit-limit-requests"] == "3"
+        statuses = [http.post("/chat/completions", json=ask()) for http in (b, a)]
+        assert 429 in [r.status_code for r in statuses], [r.text for r in statuses]
+        for r in statuses:
+            if r.status_code == 429:
+                assert r.headers["retry-after"].isdigit()
+                assert r.headers["x-ratelimit-limit-requests"] == "2"
         assert b.get("/models", headers={"Authorization": "Bearer sk-unknown"}
                      ).status_code == 401
     finally:
