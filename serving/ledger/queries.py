@@ -161,3 +161,10 @@ def display_url(url: str) -> str:
     if is_sqlite(url) and (path := sqlite_path(url)) is not None:
         return str(path)
     return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def one_line(error: BaseException) -> str:
+    """A database error for a log line or a message: its type and the driver's first line
+    (without SQLAlchemy's statement dump and background link)."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -36,7 +36,7 @@ from serving.config.deployment import LedgerConfig
 from serving.db.engine import database_url, is_sqlite, make_engine, sqlite_path
 from serving.db.migrate import migrate
 from serving.ledger import queries
-from serving.ledger.queries import as_url, check_group_fields, display_url
+from serving.ledger.queries import as_url, check_group_fields, display_url, one_line
 from serving.ledger.record import FIELDS, UsageRecord
 from serving.ledger.schema import usage
 
@@ -354,10 +354,10 @@ class Ledger:
                 "usage ledger database %s unreachable while %s: %s (%d rows buffered; will "
                 "retry every %g-%g s). Requests are still served. Check that the database is "
                 "up and reachable; up to router.ledger.max_buffered=%d rows are kept, then the "
-                "oldest are dropped.", self.where, doing, _one_line(error), buffered,
+                "oldest are dropped.", self.where, doing, one_line(error), buffered,
                 RETRY_MIN_S, RETRY_MAX_S, self.config.max_buffered)
         else:
-            log.debug("usage ledger %s still unreachable: %s", self.where, _one_line(error))
+            log.debug("usage ledger %s still unreachable: %s", self.where, one_line(error))
 
     def _write(self, batch: list[UsageRecord]) -> _Written:
         """Insert `batch` in one transaction, or one row at a time if the database refuses
@@ -370,7 +370,7 @@ class Ledger:
             if is_outage(e):
                 return _Written(settled=0, written=0, outage=e)
             log.warning("usage ledger %s: writing %d rows failed (%s); retrying one by one",
-                        self.where, len(batch), _one_line(e))
+                        self.where, len(batch), one_line(e))
         result = _Written(settled=0, written=0)
         for record in batch:
             try:
@@ -395,13 +395,9 @@ class Ledger:
         except Exception as e:
             log.warning("usage ledger %s: deleting rows older than %g days failed (%s); "
                         "trying again in an hour", self.where, self.config.retention_days,
-                        _one_line(e))
+                        one_line(e))
             return
         if n:
             log.info("usage ledger %s: deleted %d rows older than %g days", self.where, n,
                      self.config.retention_days)
 
-
-def _one_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
