@@ -297,6 +297,9 @@ def test_ledger_path(tmp_path: Path, clean_env):
     assert ledger_path(config) == (tmp_path / "state" / "ledgers" / "u.db").resolve()
     config = load_config([write_config(tmp_path, f"router: {{usage_db: {tmp_path / 'x.db'}}}")])
     assert ledger_path(config) == tmp_path / "x.db"
+    config = load_config([write_config(
+        tmp_path, "router: {database: 'postgresql://u@db.example:5432/serving'}")])
+    assert ledger_path(config) is None  # in the server's database, not a file
 
 
 NOW = 1_800_000_000.0
