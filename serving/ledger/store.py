@@ -150,11 +150,10 @@ class Ledger:
         """Buffer `record` for writing. Never blocks; after `close` the record is dropped."""
         if not isinstance(record, UsageRecord):
             raise TypeError(f"expected a UsageRecord, got {type(record).__name__}")
+        first_overflow = wake = False
         with self._lock:
-            if self._closing:
-                closed = True
-            else:
-                closed = False
+            closed = self._closing
+            if not closed:
                 self._appended += 1
                 self._pending.append((self._appended, record))
                 over = len(self._pending) + len(self._in_flight) - self.config.max_buffered
@@ -171,7 +170,7 @@ class Ledger:
                 "writes again. Bring the database back, or raise max_buffered to ride out "
                 "longer outages (about 500 bytes of memory a row).",
                 self.config.max_buffered, self.where)
-        if wake:
+        if wake and not self._wake.is_set():
             self._wake.set()
 
     def _drop_oldest(self, n: int) -> bool:
