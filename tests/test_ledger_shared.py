@@ -158,14 +158,15 @@ def _appender(ledger: Ledger, stop: threading.Event, appended: list[UsageRecord]
         ledger.append(record)
         appended.append(record)
         i += 1
-        if i % 20 == 0:
+        if i % 10 == 0:  # at most ~10,000 a second, so the outage stays within the bound
             time.sleep(0.001)
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_postgres_stopped_and_restarted_under_load_loses_no_row(
         how: str, pg: local_servers.Postgres, pg_url: str, caplog):
-    ledger = Ledger(pg_url, LedgerConfig(flush_interval_s=0.05))
+    # Room for a slow restart at the appender's top rate; past it is the next test's case.
+    ledger = Ledger(pg_url, LedgerConfig(flush_interval_s=0.05, max_buffered=500_000))
     stop, appended = threading.Event(), []
     load = threading.Thread(target=_appender, args=(ledger, stop, appended), daemon=True)
     with caplog.at_level(logging.INFO, logger="serving.ledger.store"):
