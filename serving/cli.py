@@ -135,7 +135,7 @@ def _time_arg(text: str) -> float:
 
 
 def _by_arg(text: str) -> list[str]:
-    from serving.ledger.store import check_group_fields
+    from serving.ledger.queries import check_group_fields
 
     try:
         return list(check_group_fields([g.strip() for g in text.split(",") if g.strip()]))
@@ -144,26 +144,32 @@ def _by_arg(text: str) -> list[str]:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    import sqlite3
+    import sqlalchemy as sa
 
-    from serving.ledger import format_table, ledger_path, query_totals
+    from serving.db import database_url
+    from serving.ledger import LedgerNotFound, format_table, query_totals
+    from serving.ledger.queries import display_url, one_line
     from serving.ledger.report import format_time
 
-    path = ledger_path(_config(args))
-    if not path.exists():
-        print(f"serving: no usage ledger at {path} yet: nothing has been recorded",
-              file=sys.stderr)
+    url = database_url(_config(args), "ledger")
+    where = display_url(url)
     try:
-        rows = query_totals(path, args.since, args.until, args.by, missing_ok=True)
-    except sqlite3.Error as e:
-        print(f"serving: cannot read the usage ledger {path}: {e}", file=sys.stderr)
+        try:
+            rows = query_totals(url, args.since, args.until, args.by)
+        except LedgerNotFound:
+            print(f"serving: no usage ledger at {where} yet: nothing has been recorded",
+                  file=sys.stderr)
+            rows = query_totals(url, args.since, args.until, args.by, missing_ok=True)
+    except sa.exc.SQLAlchemyError as e:
+        print(f"serving: cannot read the usage ledger {where}: {one_line(e)}",
+              file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     since = "the start" if args.since is None else format_time(args.since)
     until = "now" if args.until is None else format_time(args.until)
-    print(f"Usage from {since} to {until} ({path})\n")
+    print(f"Usage from {since} to {until} ({where})\n")
     print(format_table(rows, args.by))
     return 0
 

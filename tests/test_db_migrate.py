@@ -96,3 +96,35 @@ def test_a_pre_migration_sqlite_file_is_adopted_in_place(store: str, schema: str
     with engine.connect() as c:
         assert c.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar() == 1
     engine.dispose()
+
+
+def test_a_ledger_from_the_last_release_upgrades_with_its_rows_and_keeps_taking_writes(
+        tmp_path: Path):
+    from serving.ledger import Ledger, UsageRecord
+
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(PRE_MIGRATION_LEDGER)
+    old = [(1.5 + i, f"req_{i}", "alice" if i % 2 else "bob", "m", "/v1/chat/completions",
+            200 if i % 3 else 429, i, 2 * i, 0.25 * i) for i in range(40)]
+    conn.executemany("INSERT INTO usage (ts, request_id, key_name, model, endpoint, status, "
+                     "prompt_tokens, completion_tokens, audio_seconds) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
+    conn.commit()
+    conn.close()
+    with Ledger(path) as ledger:  # as the router opens it after the upgrade
+        assert current_revision(ledger.engine, "ledger") == _head("ledger")
+        records = ledger.records(limit=100)
+        assert [(r.ts, r.request_id, r.key_name, r.model, r.endpoint, r.status,
+                 r.prompt_tokens, r.completion_tokens, r.audio_seconds) for r in records] == old
+        assert len({r.event_id for r in records}) == 40  # each old row an event of its own
+        (total,) = ledger.totals()
+        assert (total["requests"], total["errors"], total["prompt_tokens"]) == (
+            40, 14, sum(range(40)))
+        new = UsageRecord(ts=100.0, request_id="req_new", key_name="alice", model="m",
+                          endpoint="/v1/chat/completions", status=200, prompt_tokens=5)
+        ledger.append(new)
+        ledger.append(new)  # written twice, billed once
+        assert ledger.flush()
+        by_key = {row["key"]: row["requests"] for row in ledger.totals(by=["key"])}
+        assert by_key == {"alice": 21, "bob": 20}

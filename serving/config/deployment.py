@@ -81,7 +81,7 @@ class LedgerConfig(Strict):
         default=100_000, ge=1000,
         description="Rows held in memory while the database is unreachable. Past this the "
         "oldest are dropped (each drop logged and counted in /metrics), so a long outage "
-        "cannot exhaust memory; about 300 bytes a row.")
+        "cannot exhaust memory; about 500 bytes a row.")
     retention_days: float | None = Field(
         default=None, gt=0,
         description="Rows older than this are deleted (hourly). Unset: kept forever.")

@@ -19,6 +19,17 @@ Store = Literal["ledger", "videos"]
 
 SQLITE_BUSY_TIMEOUT_S = 5.0
 PG_CONNECT_TIMEOUT_S = 5
+# libpq settings so a server that vanishes from the network (no RST, e.g. a failed-over host)
+# breaks a connection within about 30 s instead of the kernel's 15 minutes of retransmissions:
+# a writer blocked that long would not notice the outage, nor say so in /ready.
+PG_CONNECT_ARGS = {
+    "connect_timeout": PG_CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+}
 
 
 def database_url(config: Config, store: Store) -> str:
@@ -65,7 +76,7 @@ def make_engine(url: str, *, pool_size: int = 5, create_folder: bool = True) -> 
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
+                            connect_args=PG_CONNECT_ARGS)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -11,8 +11,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from serving.cancel import ClientDisconnected
 from serving.config import Config, Modality
+from serving.db import database_url
 from serving.errors import install_error_handlers
-from serving.ledger import Ledger, ledger_path
+from serving.ledger import Ledger
+from serving.ledger.metrics import LedgerCollector
 from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.call_worker import client_closed
@@ -49,9 +51,11 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
     ])
 
     metering = Metering(
-        RateLimiter.from_config(router_config), Ledger(ledger_path(config)), RouterMetrics(),
+        RateLimiter.from_config(router_config),
+        Ledger(database_url(config, "ledger"), router_config.ledger), RouterMetrics(),
         {name: w.max_in_flight for name, w in config.workers.items()},
     )
+    metering.metrics.registry.register(LedgerCollector(metering.ledger))
     video_models = [s for s in registry.served if s.entry.modality == Modality.video]
     billing = VideoBilling(metering.ledger, {k.sha256: k.name for k in keys})
     videos = (VideoService(config.state_dir, router_config.videos, video_models, billing)
