@@ -298,6 +298,8 @@ workers:
     assert chat0.port is None and chat0.keep_port and router.keep_port
     assert not specs["images/0"].keep_port and specs["images/0"].worker == "images"
     assert chat0.argv == chat1.argv
+    assert "--enable-scale-out" in chat0.argv  # the render endpoints cache_aware routes by
+    assert "--enable-scale-out" not in specs_of(config_with(tmp_path, "device: cpu"))["chat"].argv
     assert isinstance(router, PoolRouterSpec)
     command = router.command(8100)
     assert Path(command[0]).name == "vllm-router"
@@ -419,3 +421,18 @@ def test_a_replica_restarts_on_its_kept_port(tmp_path: Path):
             await sup.stop()
 
     asyncio.run(run())
+
+
+def test_the_memory_plan_counts_every_local_replica(tmp_path: Path):
+    from serving.config.plan import memory_plan
+
+    def rows(overlay: str) -> dict[int, list[str]]:
+        config = config_with(tmp_path, overlay, base="configs/gpu-2xh100.yaml")
+        return {p.index: [r.worker for r in p.rows] for p in memory_plan(config, devices=[])}
+
+    one = rows("workers: {}")
+    assert one[0].count("images") == 0 and one[1].count("images") == 1
+    both = rows("workers: {images: {replicas: 2, gpus: [1, 1]}}")  # two on GPU 1
+    assert both[1].count("images") == 2
+    remote = rows("workers: {images: {endpoints: ['http://10.0.0.7:9000']}}")
+    assert all("images" not in names for names in remote.values())

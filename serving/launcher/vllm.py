@@ -19,6 +19,7 @@ from serving.config.hardware import (
     vllm_cpu_binding,
     vllm_cpu_env,
 )
+from serving.launcher.pools import has_pool_router
 from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.router.text.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
@@ -58,6 +59,10 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
         # As many images as the router lets through; it hands vLLM data URLs only.
         limit = config.router.images.max_images_per_request
         argv += ["--limit-mm-per-prompt", json.dumps({"image": limit})]
+    if has_pool_router(worker):
+        # The render endpoints, through which a cache-aware pool router tokenises prompts
+        # (vllm-router); without them it routes every request to one replica.
+        argv.append("--enable-scale-out")
     if (template := chat_template_path(entry)) is not None:
         argv += ["--chat-template", str(template)]
     if args.max_model_len:
