@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,16 +123,23 @@ def test_every_replica_is_listed_and_ready(pool):
 
 
 def test_requests_spread_over_both_chat_replicas(pool, clients):
-    """Prompts with nothing in common go where the prefix tree is smallest: both replicas."""
+    """A prompt no replica has cached goes to the least loaded one: while one replica runs a
+    long generation, the next request goes to the other."""
     client, _ = clients
     urls = replica_urls(pool)
+    wait_for(lambda: sum(running(u) for u in urls) == 0, "the replicas to be idle")
     before = [completed(u) for u in urls]
-    for seed in range(6):
+    http = httpx.Client(base_url=pool.base_url, timeout=300,
+                        headers={"Authorization": f"Bearer {pool.key}"})
+    with http.stream("POST", "/v1/chat/completions", json={**LONG_ESSAY, "stream": True}) as r:
+        lines = r.iter_lines()  # kept open: the generation runs while the next request goes
+        assert r.status_code == 200, next(lines)
+        busy = wait_for(lambda: [u for u in urls if running(u) == 1], "the stream to run")
         client.chat.completions.create(model=CHAT_MODEL, max_tokens=2, messages=[
-            {"role": "user", "content": distinct_prompt(seed)}])
-    wait_for(lambda: sum(completed(u) for u in urls) == sum(before) + 6, "the counts")
-    after = [completed(u) for u in urls]
-    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+            {"role": "user", "content": distinct_prompt(0)}])
+    idle = next(u for u in urls if u not in busy)
+    assert completed(idle) == before[urls.index(idle)] + 1
+    wait_for(lambda: sum(running(u) for u in urls) == 0, "the abort of the stream")
 
 
 def test_a_repeated_prompt_reads_its_cache_and_keys_do_not_share_it(clients):
@@ -249,15 +257,24 @@ def test_an_image_replica_that_dies_leaves_the_pool_and_comes_back(pool, clients
 
 
 def test_a_chat_replica_that_dies_ends_its_streams_cleanly_and_the_other_serves(pool, clients):
+    """A stream and a plain request run on one replica (the same prompt: cache_aware keeps
+    them together), which is killed. The stream ends with an error event, the plain request
+    is sent again by the pool router to the other replica (nothing had gone back to the
+    client), and later requests go to the survivor."""
     client, _ = clients
     urls = replica_urls(pool)
     wait_for(lambda: sum(running(u) for u in urls) == 0, "the replicas to be idle")
-    http = httpx.Client(base_url=pool.base_url, timeout=300,
+    http = httpx.Client(base_url=pool.base_url, timeout=600,
                         headers={"Authorization": f"Bearer {pool.key}"})
+    plain: dict = {}
     with http.stream("POST", "/v1/chat/completions", json={**LONG_ESSAY, "stream": True}) as r:
         lines = r.iter_lines()
         assert r.status_code == 200, next(lines)
         busy = wait_for(lambda: [u for u in urls if running(u) == 1], "the stream to run")[0]
+        thread = threading.Thread(target=lambda: plain.update(response=http.post(
+            "/v1/chat/completions", json={**LONG_ESSAY, "max_tokens": 200})))
+        thread.start()
+        wait_for(lambda: running(busy) == 2, "the plain request to join the stream")
         victim = next(v for v in runtime(pool)["workers"]["chat"]["replicas"]
                       if v["url"] == busy)
         kill(victim["pid"], victim["url"])
@@ -265,6 +282,10 @@ def test_a_chat_replica_that_dies_ends_its_streams_cleanly_and_the_other_serves(
     errors = [json.loads(line[6:]) for line in rest if line.startswith('data: {"error"')]
     assert len(errors) == 1 and errors[0]["error"]["code"] == "worker_unavailable"
     assert not any(line == "data: [DONE]" for line in rest)
+    thread.join()
+    answer = plain["response"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 200
 
     wait_for(lambda: ready(pool)["replicas"][victim["name"]] == "down",
              f"{victim['name']} marked down", 60)
