@@ -126,6 +126,8 @@ class Worker:
     def pick(self, tried: frozenset[Replica] = frozenset()) -> Replica | None:
         """The target with the fewest requests in flight among those up (all of them if none
         is: a health check may be stale), ties taken in turn; None once all were tried."""
+        if len(self.targets) == 1:  # one process, or a chat pool's router: nothing to pick
+            return None if tried else self.targets[0]
         targets = [t for t in self.targets if t not in tried]
         if len(targets) <= 1:
             return targets[0] if targets else None
@@ -159,9 +161,9 @@ class Worker:
                                                 headers=headers, **extra)
 
         response, release = await self._send(build, stream)
-        if stream:
+        if stream and len(self.targets) > 1:  # counted until the body is closed
             response.stream = _Released(response.stream, release)
-        else:
+        else:  # one target: its count picks nothing, so streams are not wrapped (hot path)
             release()
         return response
 
