@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +23,15 @@ import pytest
 from harness import BackgroundStack
 from openai import OpenAI
 
+from serving.config import load_config
+from serving.config.deployment import Routing
+from serving.launcher.pools import pool_router_spec
+from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, start_stack
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OVERLAY = """
 workers:
@@ -225,6 +232,46 @@ def test_metrics_label_each_replica(pool):
                    f'replica="{replica}"' in line and 'worker="chat"' in line
                    for line in text.splitlines())
     assert 'serving_worker_up{worker="chat"} 1.0' in text
+
+
+def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
+    """`routing.engine: smg`: the pool router the launcher would start, over the same two
+    replicas, passes vLLM's streamed usage and the cache salt through."""
+    config = load_config([ROOT / "configs" / "cpu.yaml", pool.log.parent / "pools.yaml"])
+    chat = config.workers["chat"].model_copy(update={"routing": Routing(engine="smg")})
+    spec = pool_router_spec("chat", chat, lambda: replica_urls(pool))
+    port = free_port()
+    process = subprocess.Popen(spec.command(port), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(base + spec.health_path, timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, "smg to answer", 120)
+        prompt = distinct_prompt(4000 + int(time.time()))
+
+        def cached(salt: str) -> int:
+            body = {"model": CHAT_MODEL, "max_tokens": 3, "cache_salt": salt, "stream": True,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+            with httpx.stream("POST", base + "/v1/chat/completions", json=body,
+                              timeout=300) as r:
+                assert r.status_code == 200, r.read()
+                chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                          if line.startswith("data: {")]
+            assert all("usage" in c for c in chunks)  # running usage on every chunk
+            return chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+        wait_for(lambda: cached("a") > 0, "the salt's second request to read its cache", 120)
+        assert cached("b") == 0  # another salt: not a's cache
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
 
 
 def kill(pid: int, url: str) -> None:
