@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from serving.config import ConfigError, load_config
-from serving.launcher.router_process import bind, extra_router_specs, worker_urls
+from serving.launcher.router_process import (
+    bind,
+    extra_router_specs,
+    read_runtime_workers,
+    worker_urls,
+)
+from serving.router.workers import Endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = ROOT / "configs" / "cpu.yaml"
@@ -30,8 +36,30 @@ def test_endpoints_win_over_the_runtime_file(tmp_path: Path):
     runtime = _runtime(tmp_path, {name: f"http://127.0.0.1:{9000 + i}"
                                   for i, name in enumerate(config.workers)})
     urls = worker_urls(config, runtime)
-    assert urls["images"] == "http://10.0.0.7:8001"
-    assert urls["chat"] == "http://127.0.0.1:9000"
+    assert urls["images"] == Endpoints(("http://10.0.0.7:8001",))
+    assert urls["chat"] == Endpoints(("http://127.0.0.1:9000",))
+
+
+def test_pools_from_the_runtime_file_and_from_endpoints(tmp_path: Path):
+    """A chat pool's replicas come with their pool router; a media pool's are spread by the
+    router itself. Several chat endpoints need a pool router `serving router` does not run."""
+    path = tmp_path / "runtime.json"
+    chat = [f"http://127.0.0.1:{9100 + i}" for i in range(2)]
+    images = [f"http://127.0.0.1:{9200 + i}" for i in range(2)]
+    path.write_text(json.dumps({"router": "http://127.0.0.1:1", "pid": 1, "workers": {
+        "chat": {"url": "http://127.0.0.1:9000", "pid": 2, "replicas": [
+            {"name": f"chat/{i}", "url": u, "pid": 3} for i, u in enumerate(chat)]},
+        "images": {"url": images[0], "pid": 4, "replicas": [
+            {"name": f"images/{i}", "url": u, "pid": 5} for i, u in enumerate(images)]},
+    }}))
+    found = read_runtime_workers(path)
+    assert found["chat"] == Endpoints(tuple(chat), gateway="http://127.0.0.1:9000")
+    assert found["images"] == Endpoints(tuple(images))
+
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("workers: {chat: {endpoints: ['http://a:1', 'http://b:1']}}\n")
+    with pytest.raises(ConfigError, match="does not start"):
+        worker_urls(load_config([CPU, overlay]), path)
 
 
 def test_a_worker_with_no_url_is_named(tmp_path: Path):

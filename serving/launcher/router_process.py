@@ -25,9 +25,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from serving.config import Config, ConfigError
+from serving.launcher.pools import has_pool_router
 from serving.launcher.supervisor import Supervisor, WorkerSpec
 from serving.router.admin import metrics_only_app
 from serving.router.dependencies import services_of
+from serving.router.workers import Endpoints
 
 log = logging.getLogger("serving.launcher")
 
@@ -97,11 +99,21 @@ def extra_router_specs(config_files: list[Path], runtime_file: Path | None, host
                        host=host) for i in range(1, count)]
 
 
-def read_runtime_workers(path: Path) -> dict[str, str]:
-    """Worker name -> URL from a `serving up --runtime-file` file."""
+def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
+    """Where each worker of a running `serving up --runtime-file` is: its replicas, and a
+    chat pool's router (`url` is the pool router when the worker has replicas)."""
     try:
         info = json.loads(path.read_text())
-        return {name: w["url"] for name, w in info["workers"].items()}
+        out = {}
+        for name, worker in info["workers"].items():
+            replicas = tuple(r["url"] for r in worker.get("replicas", ()))
+            if not replicas:
+                out[name] = Endpoints((worker["url"],))
+            elif worker["url"] in replicas:  # a media pool: the router spreads it
+                out[name] = Endpoints(replicas)
+            else:
+                out[name] = Endpoints(replicas, gateway=worker["url"])
+        return out
     except FileNotFoundError:
         raise ConfigError(f"--workers-from {path}: no such file (is `serving up "
                           "--runtime-file` running?)") from None
@@ -109,13 +121,23 @@ def read_runtime_workers(path: Path) -> dict[str, str]:
         raise ConfigError(f"--workers-from {path}: not a runtime file: {e}") from None
 
 
-def worker_urls(config: Config, runtime_file: Path | None) -> dict[str, str]:
-    """Where each configured worker is: its `endpoints`, else the runtime file's entry."""
+def worker_urls(config: Config, runtime_file: Path | None) -> dict[str, Endpoints]:
+    """Where each configured worker is: its `endpoints`, else the runtime file's entry.
+
+    A chat worker with several endpoints needs a cache-aware pool router in front of them,
+    which `serving router` does not start (each router replica would keep its own view of
+    the replicas' caches): run one (vllm-router, as the Helm chart does) and give its URL as
+    the worker's one endpoint."""
     from_file = read_runtime_workers(runtime_file) if runtime_file is not None else {}
-    urls: dict[str, str] = {}
+    urls: dict[str, Endpoints] = {}
     for name, worker in config.workers.items():
         if worker.endpoints:
-            urls[name] = worker.endpoints[0].rstrip("/")
+            if len(worker.endpoints) > 1 and has_pool_router(worker):
+                raise ConfigError(
+                    f"workers.{name}.endpoints: a chat pool's replicas are reached through "
+                    "one cache-aware router, which `serving router` does not start: run it "
+                    "(vllm-router --worker-urls ...) and give its URL as the only endpoint")
+            urls[name] = Endpoints(tuple(u.rstrip("/") for u in worker.endpoints))
         elif name in from_file:
             urls[name] = from_file[name]
         else:
@@ -141,9 +163,8 @@ async def follow_runtime_file(app: FastAPI, path: Path) -> None:
             except ConfigError:
                 continue  # being rewritten; the next look finds it whole
             for name, worker in services_of(app).workers.items():
-                if name in urls and urls[name] != worker.base_url:
-                    log.info("worker %s moved to %s", name, urls[name])
-                    worker.move_to(urls[name])
+                if name in urls:
+                    worker.follow(urls[name])
 
 
 async def run_router_processes(specs: list[WorkerSpec]) -> list[Supervisor]:

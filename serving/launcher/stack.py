@@ -12,11 +12,20 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.config import Config
 from serving.launcher.media import media_worker
-from serving.launcher.order import start_after, start_in_order
+from serving.launcher.order import process_order, start_in_order
+from serving.launcher.pools import (
+    PoolRouterSpec,
+    has_pool_router,
+    pool_router_name,
+    pool_router_spec,
+    replica_name,
+    replica_specs,
+)
 from serving.launcher.router_process import bind, extra_router_specs, serve
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
@@ -29,6 +38,7 @@ from serving.router.keys import (
     ensure_generated_key,
     principals,
 )
+from serving.router.workers import Endpoints
 from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
@@ -36,6 +46,10 @@ log = logging.getLogger("serving.launcher")
 WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker,
                    "faster-whisper": media_worker, "hibari": media_worker,
                    "kokoro": media_worker}
+
+
+def _not_started(name: str) -> str:
+    raise RuntimeError(f"{name} has not been started")
 
 
 def resolve_keys(config: Config) -> list[Principal]:
@@ -52,13 +66,36 @@ def resolve_keys(config: Config) -> list[Principal]:
     return principals(keys, config.router.default_limits)
 
 
-def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpec]:
-    specs = []
+def worker_specs(config: Config, model_paths: dict[str, Path],
+                 url_of: Callable[[str], str] = _not_started) -> list[WorkerSpec]:
+    """Every process `serving up` runs besides the router: each worker's local replicas, and
+    each chat pool's router, whose members `url_of` (a process name -> its URL) finds when the
+    pool router starts."""
+    specs: list[WorkerSpec] = []
     for name, worker in config.workers.items():
         assert worker.entry is not None
-        build = WORKER_BUILDERS[worker.entry.engine]
-        specs.append(build(name, worker, config, model_paths[name]))
+        replicas = replica_specs(name, worker, config, model_paths[name],
+                                 WORKER_BUILDERS[worker.entry.engine])
+        specs += replicas
+        if has_pool_router(worker):
+            names = [spec.name for spec in replicas]
+            specs.append(pool_router_spec(
+                name, worker,
+                (lambda names=names: [url_of(n) for n in names]) if names
+                else (lambda urls=list(worker.endpoints): urls)))
     return specs
+
+
+def worker_endpoints(config: Config, url_of: Callable[[str], str]) -> dict[str, Endpoints]:
+    """Where the router reaches each worker: its replicas (local: `url_of` their process
+    names; or its `endpoints`), and a chat pool's router."""
+    out = {}
+    for name, worker in config.workers.items():
+        replicas = list(worker.endpoints) or [
+            url_of(replica_name(name, i, worker.replicas)) for i in range(worker.replicas)]
+        gateway = url_of(pool_router_name(name)) if has_pool_router(worker) else None
+        out[name] = Endpoints(tuple(replicas), gateway)
+    return out
 
 
 async def run_stack(
@@ -89,18 +126,23 @@ async def run_stack(
 
     supervisors: list[Supervisor] = []
     try:
-        supervisors = [Supervisor(spec) for spec in worker_specs(config, model_paths)]
+        by_name: dict[str, Supervisor] = {}
+        specs = worker_specs(config, model_paths, lambda name: by_name[name].url)
+        supervisors = [Supervisor(spec) for spec in specs]
+        by_name.update((s.name, s) for s in supervisors)
 
-        # On a shared GPU, vLLM first: it sizes itself from the memory it finds free.
-        startup = asyncio.create_task(start_in_order(supervisors, start_after(config)))
+        # On a shared GPU, vLLM first: it sizes itself from the memory it finds free. A pool
+        # router starts once its replicas are up.
+        startup = asyncio.create_task(start_in_order(supervisors, process_order(config, specs)))
         await startup
         startup = None
 
         if stop_requested:  # between the workers' start and the router's
             return 130
-        app = create_app(config, {s.name: s.url for s in supervisors}, keys)
+        app = create_app(config, worker_endpoints(config, lambda name: by_name[name].url), keys)
+        workers = services_of(app).workers
         for s in supervisors:  # a worker restarted on another port is reached there
-            s.on_up.append(services_of(app).workers[s.name].move_to)
+            s.on_up.append(workers[s.spec.worker].member(s.name).move_to)
         processes = config.router.processes
         if processes > 1 and runtime_file is None:
             # The other router processes follow the workers through this file.
@@ -150,14 +192,18 @@ async def _start_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None
 
 
 def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
-    info = {
-        "router": router_url,
-        "pid": os.getpid(),
-        "workers": {
-            s.name: {"url": s.url, "pid": s.process.pid if s.process else None}
-            for s in supervisors
-        },
-    }
+    """Where each worker listens, for scripts and tests. `url` and `pid` are what the router
+    calls for the worker: its only process, a chat pool's router, or a media pool's first
+    replica; a worker with several replicas also lists them all, by name."""
+    workers: dict[str, dict] = {}
+    for s in supervisors:
+        here = {"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None}
+        info = workers.setdefault(s.spec.worker, {})
+        if isinstance(s.spec, PoolRouterSpec) or "url" not in info:
+            info.update(url=here["url"], pid=here["pid"])
+        if s.name != s.spec.worker and not isinstance(s.spec, PoolRouterSpec):
+            info.setdefault("replicas", []).append(here)
+    info = {"router": router_url, "pid": os.getpid(), "workers": workers}
     tmp = runtime_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(runtime_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -31,18 +32,21 @@ from serving.router.ratelimit import RateLimiter
 from serving.router.registry import Registry, Served
 from serving.router.text import routes as text_routes
 from serving.router.videos import routes as video_routes
-from serving.router.workers import Worker
+from serving.router.workers import Endpoints, Worker
 from serving.video_jobs.billing import VideoBilling
 from serving.video_jobs.service import VideoService
 
 
-def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal]) -> FastAPI:
-    """`worker_urls` maps each worker name in `config.workers` to where it listens."""
+def create_app(config: Config, worker_urls: Mapping[str, str | Endpoints],
+               keys: list[Principal]) -> FastAPI:
+    """`worker_urls` maps each worker name in `config.workers` to where it listens (its
+    replicas' URLs and pool router, for a worker with several)."""
     router_config = config.router
     workers = {
         name: Worker(name, worker_urls[name], router_config.timeouts,
-                     router_config.max_connections_per_worker)
-        for name in config.workers
+                     router_config.max_connections_per_worker,
+                     health_interval_s=w.routing.health_check_interval_s)
+        for name, w in config.workers.items()
     }
     registry = Registry([
         Served(w.entry, workers[name], getattr(w.args, "max_model_len", None))
@@ -63,6 +67,8 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        for worker in workers.values():  # media pools check their replicas' health
+            worker.start()
         if videos is not None:
             await videos.start()
         yield

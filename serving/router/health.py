@@ -27,14 +27,21 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(services: ServicesDep) -> JSONResponse:
+    """Ready when every worker can serve; a pool can with one replica up. The body names each
+    worker's state, and each replica's (and pool router's) where a worker has several."""
     workers = services.workers
-    states = await asyncio.gather(*(w.healthy() for w in workers.values()))
-    status = {name: "up" if ok else "down" for name, ok in zip(workers, states, strict=True)}
+    probes = await asyncio.gather(*(w.probe() for w in workers.values()))
+    status = {name: "up" if w.serves(states) else "down"
+              for (name, w), states in zip(workers.items(), probes, strict=True)}
+    replicas = {member: "up" if up else "down"
+                for w, states in zip(workers.values(), probes, strict=True) if w.pooled
+                for member, up in states.items()}
+    body = {"workers": status, **({"replicas": replicas} if replicas else {})}
     down = [name for name, state in status.items() if state == "down"]
     ledger = services.metering.ledger.state().describe()
     if not down:
-        return JSONResponse({"status": "ready", "workers": status, "ledger": ledger})
+        return JSONResponse({"status": "ready", **body, "ledger": ledger})
     error = OpenAIError(503, f"Workers not ready: {', '.join(down)}", code="not_ready",
                         headers={"Retry-After": "5"})
-    return JSONResponse({**error.body(), "workers": status, "ledger": ledger},
-                        status_code=503, headers=error.headers)
+    return JSONResponse({**error.body(), **body, "ledger": ledger}, status_code=503,
+                        headers=error.headers)
