@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from serving.launcher.supervisor import free_port
 
 
@@ -85,3 +87,85 @@ def start_background_stack(
         time.sleep(0.5)
     runtime = json.loads(runtime_file.read_text())
     return BackgroundStack(process, runtime["router"], key, other_key, admin_key, runtime, log)
+
+
+@dataclass
+class BackgroundRouter:
+    """A second router process over the workers of a running stack."""
+
+    process: subprocess.Popen
+    base_url: str
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """As a crash would: SIGKILL, no clean-up."""
+        self.process.kill()
+        self.process.wait()
+
+
+# Until `serving router -c ... --workers-from RUNTIME_FILE` exists: the same app, built the way
+# `serving up` builds it, served by uvicorn.
+_ROUTER_MAIN = """
+import json, sys
+from pathlib import Path
+import uvicorn
+from serving.cli import setup_logging
+from serving.config import load_config
+from serving.launcher.stack import resolve_keys
+from serving.router.app import create_app
+port, runtime, configs = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+config = load_config([Path(c) for c in configs])
+setup_logging(config.router.log_level)
+workers = json.loads(runtime.read_text())["workers"]
+app = create_app(config, {name: w["url"] for name, w in workers.items()}, resolve_keys(config))
+uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+            timeout_graceful_shutdown=config.router.shutdown_grace_s)
+"""
+
+
+def start_router(stack: BackgroundStack, configs: list[Path], workdir: Path,
+                 timeout_s: float = 120, env: dict[str, str] | None = None) -> BackgroundRouter:
+    """Another router over `stack`'s workers, with the same keys and its own state folder;
+    logs go to workdir/router.log. It shares jobs with the stack only through the stores the
+    configs name (`router.database`, `router.artifacts`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    runtime = workdir / "workers.json"
+    runtime.write_text(json.dumps(stack.runtime))
+    port = free_port()
+    cmd = [sys.executable, "-c", _ROUTER_MAIN, str(port), str(runtime), *map(str, configs)]
+    full_env = {**os.environ, "SERVING_API_KEYS": f"{stack.key},{stack.other_key}",
+                "SERVING_ADMIN_KEYS": stack.admin_key,
+                "SERVING_STATE_DIR": str(workdir / "state"), **(env or {})}
+    log = workdir / "router.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(base_url + "/health", timeout=2).status_code == 200:
+                return BackgroundRouter(process, base_url, log)
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"router did not start (exit {process.returncode}):\n"
+                               + log.read_text(errors="replace")[-4000:])
+        time.sleep(0.2)

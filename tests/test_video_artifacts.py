@@ -13,8 +13,8 @@ import pytest
 from starlette.responses import Response
 
 from serving.video_jobs.artifacts import (
-    ArtifactsUnavailable,
     ArtifactStore,
+    ArtifactsUnavailable,
     LocalArtifacts,
     S3Artifacts,
 )
