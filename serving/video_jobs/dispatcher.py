@@ -78,6 +78,9 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
                 continue
+            if job.attempts > 1:
+                log.info("%s: attempt %d (requeued, or taken over after its router's lease ran "
+                         "out)", job.id, job.attempts)
             try:
                 await self._run(job)
             except asyncio.CancelledError:
