@@ -198,7 +198,7 @@ class Dispatcher:
             delay = 1.0
             while True:
                 try:
-                    completed = await asyncio.to_thread(self._complete, job)
+                    completed = await self._complete(job)
                     self._database_answers()
                     break
                 except sa.exc.DBAPIError as e:
@@ -217,13 +217,17 @@ class Dispatcher:
                 self.health.upload_waiting(-1)
             path.unlink(missing_ok=True)
 
-    def _complete(self, job: Job) -> bool:
-        """Completed and billed in one go (in a thread), so a router stopping in between
-        cannot leave a completed job unbilled."""
-        if not self.store.complete(job):
-            return False
-        self.on_completed(job)
-        return True
+    async def _complete(self, job: Job) -> bool:
+        """Mark the job completed and bill it. The bill hangs on the database call itself, so
+        a router stopping while it runs cannot leave a completed job unbilled."""
+        completion = asyncio.ensure_future(asyncio.to_thread(self.store.complete, job))
+
+        def bill(done: asyncio.Future[bool]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result():
+                self.on_completed(job)
+
+        completion.add_done_callback(bill)
+        return await asyncio.shield(completion)
 
     async def _failed(self, job: Job, code: str, message: str) -> None:
         log.warning("%s failed: %s: %s", job.id, code, message)
