@@ -230,3 +230,13 @@ def test_an_old_sqlite_file_upgrades_and_its_jobs_are_served(tmp_path: Path):
         assert resumed.attempts == 2 and store.complete(resumed)
     finally:
         store.close()
+
+
+def test_heartbeats_must_come_within_the_lease():
+    from pydantic import ValidationError
+
+    from serving.config.deployment import VideoJobs
+
+    assert VideoJobs().heartbeat_s < VideoJobs().lease_s
+    with pytest.raises(ValidationError, match="heartbeat_s"):
+        VideoJobs(lease_s=5, heartbeat_s=5)
