@@ -182,11 +182,22 @@ def test_the_store_down_while_a_render_finishes(replicas, s3):
     b.stop()  # one router: this one's log tells the whole story
     on_a = client(a.base_url, a.key)
     admin = client(a.base_url, a.admin_key)
+    earlier = on_a.post("/v1/videos", json={"model": MODEL, "prompt": "done before"}).json()
+    assert wait_for("the first render", lambda: finished(on_a, earlier["id"]))["status"] == \
+        "completed"
     job = on_a.post("/v1/videos", json={"model": MODEL, "prompt": "while the store is down",
                                         "size": "256x256", "num_inference_steps": 40}).json()
     wait_for("the render to start", lambda: job_of(on_a, job["id"])["progress"] >= 5)
     s3.stop()
     try:
+        # A finished video cannot be downloaded meanwhile: a 503 to retry, not a 500.
+        r = on_a.get(f"/v1/videos/{earlier['id']}/content")
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        # Deleting one works at once; its object goes once the store is back (the purge).
+        assert on_a.delete(f"/v1/videos/{earlier['id']}").json()["deleted"] is True
+        assert on_a.get(f"/v1/videos/{earlier['id']}").status_code == 404
+
         def waiting() -> dict | None:
             ready = on_a.get("/ready").json()
             artifacts = ready["artifacts"]
@@ -208,7 +219,8 @@ def test_the_store_down_while_a_render_finishes(replicas, s3):
     assert done["status"] == "completed", done
     r = on_a.get(f"/v1/videos/{job['id']}/content")
     assert r.status_code == 200 and frames_of(r.content)[1] == (256, 256)
-    assert bucket_keys(s3, bucket) == [f"renders/{job['id']}.mp4"]
+    wait_for("the purge to remove the deleted job's object", lambda: bucket_keys(s3, bucket) ==
+             [f"renders/{job['id']}.mp4"], timeout_s=300, every_s=1)
     ready = on_a.get("/ready").json()
     assert ready["status"] == "ready" and ready["artifacts"] == {"status": "up",
                                                                  "uploads_waiting": 0}
