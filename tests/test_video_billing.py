@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from serving.db import make_engine, migrate
 from serving.ledger import Ledger
 from serving.protocol.videos import VideoParams
 from serving.video_jobs.billing import RENDER_ENDPOINT, VideoBilling
@@ -17,6 +18,12 @@ def params(seconds: int) -> VideoParams:
                        num_frames=17, steps=4, guidance=5.0, seed=1)
 
 
+def job_store(tmp_path: Path) -> JobStore:
+    engine = make_engine(f"sqlite:///{tmp_path / 'videos.db'}")
+    migrate(engine, "videos")
+    return JobStore(engine, retention_s=3600, lease_s=30)
+
+
 def billed(ledger: Ledger) -> dict[str, float]:
     ledger.flush()
     rows = ledger.totals(by=["key", "endpoint"])
@@ -25,22 +32,23 @@ def billed(ledger: Ledger) -> dict[str, float]:
 
 
 def test_only_completed_jobs_are_billed_to_their_owner(tmp_path: Path):
-    store = JobStore(tmp_path, retention_s=3600)
+    store = job_store(tmp_path)
     with Ledger(tmp_path / "usage.db") as ledger:
         billing = VideoBilling(ledger, {OWNER: "alice", OTHER: "bob"})
 
         def finish(job) -> None:  # what the dispatcher does when the worker says completed
-            if store.complete(job.id):
+            if store.complete(job):
                 billing.completed(job)
 
-        done = store.create(OWNER, "wan-tiny", "128x128", "2", params(2))
-        failed = store.create(OWNER, "wan-tiny", "128x128", "3", params(3))
-        deleted = store.create(OTHER, "wan-tiny", "128x128", "4", params(4))
+        for seconds, owner in ((2, OWNER), (3, OWNER), (4, OTHER)):
+            store.create(owner, "wan-tiny", "128x128", str(seconds), params(seconds))
         assert billed(ledger) == {}  # creating a job costs nothing yet
+        done, failed, deleted = (store.claim_next("wan-tiny", 2) for _ in range(3))
+        assert done and failed and deleted
 
         finish(done)
         finish(done)  # a second completed event bills nothing more
-        store.fail(failed.id, "render_failed", "boom")
+        store.fail(failed, "render_failed", "boom")
         assert store.delete(deleted.id, OTHER)
         finish(deleted)  # its render ended after the owner deleted it
         assert billed(ledger) == {"alice": 2.0}
@@ -49,10 +57,11 @@ def test_only_completed_jobs_are_billed_to_their_owner(tmp_path: Path):
 
 
 def test_a_job_of_a_key_no_longer_configured_is_still_billed(tmp_path: Path):
-    store = JobStore(tmp_path, retention_s=3600)
+    store = job_store(tmp_path)
     with Ledger(tmp_path / "usage.db") as ledger:
-        job = store.create(OWNER, "wan-tiny", "128x128", "1", params(1))
-        assert store.complete(job.id)
+        store.create(OWNER, "wan-tiny", "128x128", "1", params(1))
+        job = store.claim_next("wan-tiny", 2)
+        assert job is not None and store.complete(job)
         VideoBilling(ledger, {}).completed(job)
         assert billed(ledger) == {f"key-{OWNER[:12]}": 1.0}
     store.close()

@@ -64,11 +64,35 @@ class Timeouts(Strict):
 
 
 class VideoJobs(Strict):
-    """Asynchronous video jobs, kept by the router in SQLite under `state_dir`."""
+    """Asynchronous video jobs, kept in `router.database` (SQLite under `state_dir` by
+    default); their MP4s in `router.artifacts`.
+
+    A router replica that takes a job holds a lease on it and renews it while it renders; a
+    replica that dies stops renewing, and once the lease runs out any replica takes the job.
+    """
 
     retention_s: int = Field(default=86400, ge=60, description="Downloadable this long.")
     max_queued_per_key: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
+    lease_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a replica's claim on a job lasts without renewal: the time a "
+        "job waits after its replica died before another takes it over.")
+    heartbeat_s: float = Field(
+        default=10.0, gt=0,
+        description="How often a replica renews its leases; well under `lease_s`, so a slow "
+        "database round trip does not lose a lease.")
+    upload_retry_max_s: float = Field(
+        default=30.0, gt=0,
+        description="A finished render the artifact store refused is kept and uploaded "
+        "again, with backoff doubling up to this interval, until the store takes it.")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> VideoJobs:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s "
+                             f"({self.lease_s})")
+        return self
 
 
 class LedgerConfig(Strict):
@@ -275,8 +299,8 @@ class Config(Strict):
     )
     state_dir: Path = Field(
         default=Path("~/.local/share/serving"),
-        description="Router state: video jobs (SQLite) and their files; SERVING_STATE_DIR "
-        "overrides it.",
+        description="Router state: video jobs (SQLite) and their files, unless `router."
+        "database` and `router.artifacts` put them elsewhere; SERVING_STATE_DIR overrides it.",
     )
     catalog_dir: Path = Field(
         default=Path("../models"), description="Relative to the config file that sets it."

@@ -62,7 +62,7 @@ def create_app(config: Config, worker_urls: Mapping[str, str | Endpoints],
     metering.metrics.registry.register(LedgerCollector(metering.ledger))
     video_models = [s for s in registry.served if s.entry.modality == Modality.video]
     billing = VideoBilling(metering.ledger, {k.sha256: k.name for k in keys})
-    videos = (VideoService(config.state_dir, router_config.videos, video_models, billing)
+    videos = (VideoService(config, video_models, billing, metering.metrics.registry)
               if video_models else None)
 
     @asynccontextmanager

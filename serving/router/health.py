@@ -1,10 +1,12 @@
 """Liveness (/health: the router answers) and readiness (/ready: every worker answers too).
 
-/ready also reports the usage ledger (`"ledger": "ok"` or `"unreachable (N buffered)"`), but
-an unreachable ledger database does not make it a 503: requests are still served and their
-rows buffered (up to `router.ledger.max_buffered`), and a 503 would take every replica out
-of its load balancer at once, turning a metering outage into a serving outage. Alert on
-`serving_ledger_up` in /metrics instead.
+/ready also reports the shared stores: the usage ledger (`"ledger": "ok"` or
+`"unreachable (N buffered)"`) and, where a video model is served, the artifact store
+(`artifacts`). Neither makes it a 503, only `"status": "degraded"`: requests are still served
+(ledger rows buffered up to `router.ledger.max_buffered`, finished renders kept until the store
+returns), and a 503 would take every replica sharing the store out of its load balancer at
+once, turning a metering or storage outage into a serving outage. Alert on
+`serving_ledger_up` and `serving_artifact_store_failures_total` in /metrics instead.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ async def ready(services: ServicesDep) -> JSONResponse:
                 for member, up in states.items()}
     body = {"workers": status, **({"replicas": replicas} if replicas else {})}
     down = [name for name, state in status.items() if state == "down"]
-    ledger = services.metering.ledger.state().describe()
+    ledger = services.metering.ledger.state()
+    extra: dict[str, object] = {"ledger": ledger.describe()}
+    degraded = not ledger.up
+    if services.videos is not None:
+        extra["artifacts"] = artifacts = services.videos.health.report()
+        degraded = degraded or artifacts["status"] != "up"
     if not down:
-        return JSONResponse({"status": "ready", **body, "ledger": ledger})
+        return JSONResponse({"status": "degraded" if degraded else "ready", **body, **extra})
     error = OpenAIError(503, f"Workers not ready: {', '.join(down)}", code="not_ready",
                         headers={"Retry-After": "5"})
-    return JSONResponse({**error.body(), **body, "ledger": ledger}, status_code=503,
+    return JSONResponse({**error.body(), **body, **extra}, status_code=503,
                         headers=error.headers)

@@ -2,14 +2,21 @@
 
 The public video API is asynchronous and its jobs are kept by the router; this worker renders
 one job per request: `POST /v1/videos/render` answers with server-sent events, `progress`
-while denoising and a final `completed` or `failed`. If the router goes away mid-render (a
-deleted job, a shutdown), the render stops at its next step.
+while denoising and a final `completed` (carrying the MP4, base64) or `failed`. If the router
+goes away mid-render (a deleted job, a shutdown), the render stops at its next step.
+
+The MP4 travels back in the answer rather than through a path the router names, so the worker
+may run on another node than the router (`workers.videos.endpoints`) with nothing shared
+between them; the router puts it in the artifact store. A video is a few MB, small next to the
+minutes it takes to render.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +38,6 @@ log = logging.getLogger("serving.workers.videos")
 
 class RenderRequest(BaseModel):
     params: VideoParams
-    output: Path
 
 
 def create_app(spec: MediaWorkerSpec) -> FastAPI:
@@ -60,8 +66,13 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
     def on_progress(p: int) -> None:
         loop.call_soon_threadsafe(progress.put_nowait, p)
 
-    task = asyncio.ensure_future(asyncio.to_thread(
-        engine.render, body.params, body.output, on_progress, lambda: cancelled))
+    def render() -> tuple[int, bytes]:
+        with tempfile.TemporaryDirectory(prefix="serving-render-") as tmp:
+            output = Path(tmp) / "video.mp4"
+            frames = engine.render(body.params, output, on_progress, lambda: cancelled)
+            return frames, output.read_bytes()
+
+    task = asyncio.ensure_future(asyncio.to_thread(render))
     try:
         while not task.done():
             getter = asyncio.ensure_future(progress.get())
@@ -71,7 +82,7 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
             else:
                 getter.cancel()
         try:
-            frames = task.result()
+            frames, mp4 = task.result()
         except Cancelled:
             return
         except Exception as e:
@@ -79,7 +90,8 @@ async def _render(engine: VideoEngine, body: RenderRequest) -> AsyncIterator[byt
             yield sse_event({"status": "failed",
                              "error": {"code": "render_failed", "message": str(e) or repr(e)}})
             return
-        yield sse_event({"status": "completed", "progress": 100, "frames": frames})
+        yield sse_event({"status": "completed", "progress": 100, "frames": frames,
+                         "mp4": base64.b64encode(mp4).decode()})
     finally:
         cancelled = True  # nobody is listening any more: stop at the next step
         # ...where the render raises Cancelled, which nobody awaits any more: take it here.
