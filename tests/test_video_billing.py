@@ -70,7 +70,7 @@ def test_a_job_of_a_key_no_longer_configured_is_still_billed(tmp_path: Path):
 def test_a_render_billed_by_two_replicas_counts_once(tmp_path: Path):
     """Each render has one event id (`render-<job id>`), so if two routers sharing the ledger
     both bill it (or one bills it again after a restart), it is in the ledger once."""
-    store = JobStore(tmp_path, retention_s=3600)
+    store = job_store(tmp_path)
     job = store.create(OWNER, "wan-tiny", "128x128", "3", params(3))
     with Ledger(tmp_path / "usage.db") as one, Ledger(tmp_path / "usage.db") as two:
         VideoBilling(one, {OWNER: "alice"}).completed(job)
