@@ -295,6 +295,15 @@ class Router:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
+    def cpu_seconds(self) -> float:
+        """CPU time its processes have used (user + system): the router's cost, whatever
+        else runs on the machine."""
+        ticks = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         for p in self.processes:
             p.send_signal(signal.SIGTERM)
@@ -327,15 +336,17 @@ def serve_router(args: argparse.Namespace) -> None:
                                   backlog=4096)).run(sockets=[sock])
 
 
-def start_router(configs: list[Path], processes: int, workdir: Path, key: str) -> Router:
+def start_router(configs: list[Path], processes: int, workdir: Path, key: str,
+                 code: Path = ROOT) -> Router:
     """The router alone, in `processes` processes on one port, its chat worker taken from the
-    config's `workers.chat.endpoints`. The one place to switch to `serving router -c ...`
-    (which honours `router.processes`) once it exists."""
+    config's `workers.chat.endpoints`, running the `serving` package found in `code`. The one
+    place to switch to `serving router -c ...` (which honours `router.processes`) once it
+    exists."""
     from serving.launcher.supervisor import free_port
 
     port = free_port()
     env = {**os.environ, "SERVING_API_KEYS": key, "SERVING_STATE_DIR": str(workdir / "state"),
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+           "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "router.log"
     cmd = [sys.executable, __file__, "_router", "--port", str(port)]
@@ -423,8 +434,10 @@ class Result:
     errors: int = 0
     chunks: int = 0
     latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # seconds of the router processes' CPU (routers only)
 
     def add(self, run: dict) -> None:
+        self.cpu += run.get("cpu", 0.0)
         self.seconds += run["seconds"]
         self.requests += run["requests"]
         self.errors += run["errors"]
@@ -441,43 +454,62 @@ class Result:
     def unit(self) -> str:
         return "chunks/s" if self.workload == "stream" else "req/s"
 
+    @property
+    def cpu_per_unit(self) -> str:
+        """The router's CPU per chunk (streams) or per request (short chats)."""
+        done = self.chunks if self.workload == "stream" else self.requests
+        if not self.cpu or not done:
+            return ""
+        per = self.cpu / done
+        return f"{per * 1e6:.0f}us" if self.workload == "stream" else f"{per * 1e3:.2f}ms"
 
-def measure(direct_url: str, router_url: str, key: str, variant: str, processes: int,
-            args: argparse.Namespace) -> list[Result]:
+
+def measure(direct_url: str, routers: dict[str, Router], key: str, variant: str,
+            processes: int, args: argparse.Namespace) -> list[Result]:
+    """Each workload and concurrency against the upstream and every router, in turn, round
+    after round (the order reversed every other round)."""
     results = []
+    targets = ["direct", *routers]
     for workload in args.workload:
         for concurrency in args.concurrency:
-            pair = {t: Result(variant, processes, workload, concurrency, t)
-                    for t in ("direct", "router")}
-            urls = {"direct": (direct_url, ""), "router": (router_url, key)}
-            measure_once(router_url, key, workload, concurrency, args.warmup)
+            row = {t: Result(variant, processes, workload, concurrency, t) for t in targets}
+            for router in routers.values():
+                measure_once(router.url, key, workload, concurrency, args.warmup)
             for round_ in range(args.rounds):
-                for target in ("direct", "router") if round_ % 2 == 0 else ("router", "direct"):
-                    run = measure_once(*urls[target], workload, concurrency, args.duration)
-                    pair[target].add(run)
+                for target in targets if round_ % 2 == 0 else targets[::-1]:
+                    router = routers.get(target)
+                    cpu = router.cpu_seconds() if router else 0.0
+                    run = measure_once(router.url if router else direct_url,
+                                       key if router else "", workload, concurrency,
+                                       args.duration)
+                    if router:
+                        run["cpu"] = router.cpu_seconds() - cpu
+                    row[target].add(run)
                     print(f"  {variant} p={processes} {workload} c={concurrency} {target} "
                           f"round {round_ + 1}: {run['requests'] / run['seconds']:.0f} req/s, "
                           f"{run['chunks'] / run['seconds']:.0f} chunks/s, "
                           f"{run['errors']} errors", file=sys.stderr)
-            results += pair.values()
+            results += row.values()
     return results
 
 
 def table(results: list[Result]) -> str:
-    head = (f"{'variant':<9}{'procs':>6}{'load':>7}{'conc':>5}{'target':>8}{'rate':>10}"
-            f"{'unit':>10}{'x direct':>9}{'p50':>9}{'p99':>9}{'+p50':>9}{'+p99':>9}{'err':>5}")
+    head = (f"{'variant':<9}{'procs':>6}{'load':>7}{'conc':>5}{'target':>9}{'rate':>10}"
+            f"{'unit':>10}{'x direct':>9}{'p50':>9}{'p99':>9}{'+p50':>9}{'+p99':>9}"
+            f"{'CPU/unit':>10}{'err':>5}")
     rows = [head, "-" * len(head)]
     for r in results:
         d = _direct_of(r, results)
         ratio = added50 = added99 = ""
-        if r.target == "router" and d is not None and d.rate:
+        if r.target != "direct" and d is not None and d.rate:
             ratio = f"{r.rate / d.rate:.2f}"
             added50 = f"{(pct(r.latencies, 50) - pct(d.latencies, 50)) * 1e3:.1f}ms"
             added99 = f"{(pct(r.latencies, 99) - pct(d.latencies, 99)) * 1e3:.1f}ms"
         rows.append(
-            f"{r.variant:<9}{r.processes:>6}{r.workload:>7}{r.concurrency:>5}{r.target:>8}"
+            f"{r.variant:<9}{r.processes:>6}{r.workload:>7}{r.concurrency:>5}{r.target:>9}"
             f"{r.rate:>10.0f}{r.unit:>10}{ratio:>9}{pct(r.latencies, 50) * 1e3:>7.1f}ms"
-            f"{pct(r.latencies, 99) * 1e3:>7.1f}ms{added50:>9}{added99:>9}{r.errors:>5}")
+            f"{pct(r.latencies, 99) * 1e3:>7.1f}ms{added50:>9}{added99:>9}"
+            f"{r.cpu_per_unit:>10}{r.errors:>5}")
     return "\n".join(rows)
 
 
@@ -485,6 +517,27 @@ def _direct_of(r: Result, results: list[Result]) -> Result | None:
     return next((d for d in results if d.target == "direct" and d.variant == r.variant
                  and d.processes == r.processes and d.workload == r.workload
                  and d.concurrency == r.concurrency), None)
+
+
+def summary(results: list[Result]) -> str:
+    """Per row: router/direct rate, and with --before, this router against that one (rate and
+    CPU per unit; CPU time is what the router spends, however busy the machine is)."""
+    lines = []
+    for r in results:
+        if r.target != "router":
+            continue
+        d = _direct_of(r, results)
+        line = (f"{r.variant} p={r.processes} {r.workload} c={r.concurrency}: router/direct "
+                f"{r.unit} {r.rate / d.rate:.3f}" if d and d.rate else "")
+        b = next((x for x in results if x.target == "before" and x.variant == r.variant
+                  and x.processes == r.processes and x.workload == r.workload
+                  and x.concurrency == r.concurrency), None)
+        if b is not None and b.rate and b.cpu and r.cpu:
+            done = (r.chunks, b.chunks) if r.workload == "stream" else (r.requests, b.requests)
+            line += (f"; router/before {r.unit} {r.rate / b.rate:.2f}x, CPU per unit "
+                     f"{(r.cpu / done[0]) / (b.cpu / done[1]):.2f}x")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def plot(results: list[Result]) -> str:
@@ -561,6 +614,9 @@ def main() -> int:
     p.add_argument("--chunks", type=int, default=64, help="content chunks per stream")
     p.add_argument("--profile", type=float, default=0,
                    help="instead of measuring: py-spy the (first) router process this long")
+    p.add_argument("--before", type=Path, metavar="CHECKOUT",
+                   help="also measure the router of another checkout (target `before`), "
+                   "interleaved with this one: a change's effect in one run")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     args.workload = args.workload.split(",")
@@ -585,14 +641,21 @@ def main() -> int:
                 for processes in [int(n) for n in args.processes.split(",")]:
                     overlay = workdir / f"{name}-{processes}.yaml"
                     overlay.write_text(json.dumps(_overlay(configs, direct, variant)))
-                    router = start_router([*configs, overlay], processes,
-                                          workdir / f"{name}-{processes}", key)
+                    codes = {"router": ROOT, **({"before": args.before} if args.before
+                                                  else {})}
+                    routers: dict[str, Router] = {}
                     try:
+                        for target, code in codes.items():
+                            routers[target] = start_router(
+                                [*configs, overlay], processes,
+                                workdir / f"{name}-{processes}-{target}", key, code)
                         if args.profile:
-                            return profile(router, key, args, workdir / "profile") or 0
-                        results += measure(direct, router.url, key, name, processes, args)
+                            return profile(routers["router"], key, args,
+                                           workdir / "profile") or 0
+                        results += measure(direct, routers, key, name, processes, args)
                     finally:
-                        router.stop()
+                        for router in routers.values():
+                            router.stop()
                     if variant.check and (note := variant.check()):
                         notes.append(f"{name}: {note}")
             finally:
@@ -605,13 +668,16 @@ def main() -> int:
     print(table(results))
     print()
     print(plot(results))
+    print()
+    print(summary(results))
     for note in notes:
         print(f"note: {note}")
     if args.json:
         args.json.write_text(json.dumps([
             {"variant": r.variant, "processes": r.processes, "workload": r.workload,
              "concurrency": r.concurrency, "target": r.target, "rate": r.rate, "unit": r.unit,
-             "requests": r.requests, "errors": r.errors, "p50": pct(r.latencies, 50),
+             "requests": r.requests, "errors": r.errors, "router_cpu_s": r.cpu,
+             "p50": pct(r.latencies, 50),
              "p99": pct(r.latencies, 99)} for r in results], indent=2))
     return 0
 

@@ -8,6 +8,7 @@ import httpx
 
 from serving.config.deployment import Timeouts
 from serving.errors import OpenAIError
+from serving.router.worker_transport import AiohttpTransport
 
 RETRY_AFTER_S = "5"
 
@@ -21,9 +22,7 @@ class Worker:
         self.client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeouts.chat_s, connect=timeouts.connect_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            transport=AiohttpTransport(max_connections),
         )
 
     def unavailable(self) -> OpenAIError:
