@@ -632,7 +632,7 @@ def main() -> int:
                                  "--chunks", str(args.chunks)])
     direct = f"http://127.0.0.1:{port}"
     results: list[Result] = []
-    notes: list[str] = []
+    notes: dict[str, None] = {}  # in order, each once
     try:
         _wait_healthy(direct, [upstream], workdir / "none")
         for name in args.variant or ["sqlite"]:
@@ -657,7 +657,7 @@ def main() -> int:
                         for router in routers.values():
                             router.stop()
                     if variant.check and (note := variant.check()):
-                        notes.append(f"{name}: {note}")
+                        notes[f"{name}: {note}"] = None
             finally:
                 for stop in variant.stops:
                     stop()

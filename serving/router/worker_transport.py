@@ -23,6 +23,8 @@ import aiohttp
 import httpx
 from multidict import CIMultiDict
 
+KEEPALIVE_S = 4.0
+
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """At most `max_connections` connections, all kept alive between requests."""
@@ -41,8 +43,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._session.detach()  # its loop has ended, and its connections with it
             self._loop = loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
-                                               enable_cleanup_closed=False),
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, limit_per_host=0,
+                    # Idle connections are closed here before the worker's server closes
+                    # them (uvicorn's keep-alive, vLLM's too, is 5 s), so a request is never
+                    # written into a connection the worker is closing.
+                    keepalive_timeout=KEEPALIVE_S),
                 auto_decompress=False,  # bytes are relayed as they come, like httpx's raw
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
