@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -314,34 +313,13 @@ class Router:
                 p.kill()
 
 
-def serve_router(args: argparse.Namespace) -> None:
-    """One router process: the app `serving up` builds, on a SO_REUSEPORT socket so that
-    several such processes share the port (the kernel spreads the connections)."""
-    import uvicorn
-
-    from serving.cli import setup_logging
-    from serving.config import load_config
-    from serving.launcher.stack import resolve_keys
-    from serving.router.app import create_app
-
-    config = load_config([Path(c) for c in args.config])
-    setup_logging(config.router.log_level)
-    app = create_app(config, {"chat": config.workers["chat"].endpoints[0]},
-                     resolve_keys(config))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", args.port))
-    uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, server_header=False,
-                                  backlog=4096)).run(sockets=[sock])
-
-
 def start_router(configs: list[Path], processes: int, workdir: Path, key: str,
                  code: Path = ROOT) -> Router:
-    """The router alone, in `processes` processes on one port, its chat worker taken from the
-    config's `workers.chat.endpoints`, running the `serving` package found in `code`. The one
-    place to switch to `serving router -c ...` (which honours `router.processes`) once it
-    exists."""
+    """`serving router` (the router alone, its chat worker at the config's
+    `workers.chat.endpoints`), from the `serving` package in `code`, as `processes` processes
+    sharing one port (`--reuse-port`; the kernel spreads the connections). Started one by one
+    rather than with `router.processes`, which asks for shared stores (PostgreSQL, Redis)
+    that the sqlite variant has not."""
     from serving.launcher.supervisor import free_port
 
     port = free_port()
@@ -349,11 +327,12 @@ def start_router(configs: list[Path], processes: int, workdir: Path, key: str,
            "PYTHONPATH": f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "router.log"
-    cmd = [sys.executable, __file__, "_router", "--port", str(port)]
+    cmd = [sys.executable, "-m", "serving.cli", "router", "--port", str(port), "--reuse-port"]
     for config in configs:
-        cmd += ["--config", str(config)]
+        cmd += ["-c", str(config)]
     with log.open("ab") as out:
-        procs = [subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        procs = [subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=code)
                  for _ in range(processes)]
     router = Router(procs, f"http://127.0.0.1:{port}", log)
     _wait_healthy(router.url, procs, log)
@@ -598,7 +577,7 @@ def top_of_raw(raw: Path, n: int = 40) -> str:
 # --- Main ----------------------------------------------------------------------------------------
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] in ("_upstream", "_client", "_router"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("_upstream", "_client"):
         return _child(sys.argv[1], sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", action="append", type=Path,
@@ -704,7 +683,6 @@ def _child(role: str, argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int)
     p.add_argument("--chunks", type=int)
-    p.add_argument("--config", action="append")
     p.add_argument("--url")
     p.add_argument("--key", default="")
     p.add_argument("--workload")
@@ -713,10 +691,8 @@ def _child(role: str, argv: list[str]) -> int:
     args = p.parse_args(argv)
     if role == "_upstream":
         serve_upstream(args.port, args.chunks)
-    elif role == "_client":
-        run_client(args)
     else:
-        serve_router(args)
+        run_client(args)
     return 0
 
 

@@ -85,3 +85,69 @@ def start_background_stack(
         time.sleep(0.5)
     runtime = json.loads(runtime_file.read_text())
     return BackgroundStack(process, runtime["router"], key, other_key, admin_key, runtime, log)
+
+
+@dataclass
+class BackgroundRouter:
+    """A `serving router` process (no workers of its own)."""
+
+    process: subprocess.Popen
+    base_url: str
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node would die: no shutdown code runs."""
+        self.process.kill()
+        self.process.wait()
+
+
+def start_background_router(
+    configs: list[Path],
+    workdir: Path,
+    stack: BackgroundStack | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> BackgroundRouter:
+    """`serving router -c ...` on a free port. Beside `stack`, it takes the stack's workers
+    (`--workers-from` its runtime file) and accepts the stack's keys; its own state goes to
+    workdir/state unless `env` says otherwise."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "router.log"
+    cmd = [sys.executable, "-m", "serving.cli", "router", "--port", str(port)]
+    for config in configs:
+        cmd += ["-c", str(config)]
+    full_env = {**os.environ, "SERVING_STATE_DIR": str(workdir / "state")}
+    if stack is not None:
+        cmd += ["--workers-from", str(stack.log.parent / "runtime.json")]
+        full_env |= {"SERVING_API_KEYS": f"{stack.key},{stack.other_key}",
+                     "SERVING_ADMIN_KEYS": stack.admin_key}
+    full_env |= env or {}
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while "router ready on" not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"router did not start (exit {process.returncode}):\n"
+                               + log.read_text(errors="replace")[-4000:])
+        time.sleep(0.2)
+    return BackgroundRouter(process, base_url, log)

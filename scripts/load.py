@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
+import itertools
 import json
 import math
 import random
@@ -106,11 +108,16 @@ class Settings:
 
 
 class Load:
-    def __init__(self, client: httpx.AsyncClient, s: Settings):
-        self.client = client
+    def __init__(self, clients: list[httpx.AsyncClient], s: Settings):
+        self._clients = itertools.cycle(clients)
         self.s = s
         self.stats = {k: KindStats(k) for k in KINDS}
         self.prompt_tokens: dict[int, int] = {}  # PROMPTS index -> prompt tokens, as seen
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The next router's client: requests take turns over every `--base-url`."""
+        return next(self._clients)
 
     # Each request function returns the seconds to wait before the next (a 429's Retry-After).
 
@@ -560,13 +567,15 @@ async def warm_up(load: Load, kinds: list[str]) -> int:
     return sent
 
 
-async def run_load(args: argparse.Namespace, base_url: str, key: str,
+async def run_load(args: argparse.Namespace, base_urls: list[str], key: str,
                    settings: Settings) -> tuple[Load, float, float]:
     limits = httpx.Limits(max_connections=args.clients + 4,
                           max_keepalive_connections=args.clients + 4)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=args.timeout,
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
-        load = Load(client, settings)
+    base_url = base_urls[0]  # routers share one ledger: any of them reads it
+    async with contextlib.AsyncExitStack() as clients:
+        load = Load([await clients.enter_async_context(httpx.AsyncClient(
+            base_url=url, limits=limits, timeout=args.timeout,
+            headers={"Authorization": f"Bearer {key}"})) for url in base_urls], settings)
         if args.warmup:
             print("warming up...", file=sys.stderr, flush=True)
             warm_start = time.time()
@@ -596,7 +605,8 @@ def main() -> int:
                         "(default video,speech; '' for none)")
     p.add_argument("--requests-per-minute", type=int,
                    help="the started stack's default per-key limit, to exercise 429s")
-    p.add_argument("--base-url", help="a running stack's router, e.g. http://127.0.0.1:8000")
+    p.add_argument("--base-url", help="a running stack's router, e.g. http://127.0.0.1:8000; "
+                   "several, comma-separated, take turns (router replicas sharing one ledger)")
     p.add_argument("--key", help="its API key for the load (only this load should use it)")
     p.add_argument("--admin-key", help="its admin key, to read /v1/usage")
     p.add_argument("--key-name", default="env-1",
@@ -639,9 +649,10 @@ def main() -> int:
         stack = start_stack(configs, disable, args.requests_per_minute)
         args.base_url, args.key, args.admin_key = stack.base_url, stack.key, stack.admin_key
     try:
-        load, since, elapsed = asyncio.run(run_load(args, args.base_url, args.key, settings))
+        base_urls = [u.strip() for u in args.base_url.split(",") if u.strip()]
+        load, since, elapsed = asyncio.run(run_load(args, base_urls, args.key, settings))
         expected = sum(st.requests - st.transport_errors for st in load.stats.values())
-        rows = settle_ledger(args.base_url, args.admin_key, since, args.key_name, expected)
+        rows = settle_ledger(base_urls[0], args.admin_key, since, args.key_name, expected)
     finally:
         if stack is not None:
             stack.stop()

@@ -1,6 +1,8 @@
 """The `serving` command.
 
     serving up -c configs/cpu.yaml [-c overlay.yaml] [--host H] [--port P]
+    serving router -c CONFIG [--host H] [--port P] [--workers-from RUNTIME_FILE]
+    serving worker NAME -c CONFIG [--host H] [--port P]
     serving models prepare -c configs/cpu.yaml
     serving config check -c configs/cpu.yaml
     serving usage -c configs/cpu.yaml [--since 24h] [--until T] [--by key,model] [--json]
@@ -92,7 +94,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     setup_logging(config.router.log_level)
     host = args.host or config.router.host
     port = config.router.port if args.port is None else args.port
-    return run(config, host, port, args.runtime_file)
+    return run(config, host, port, args.runtime_file, tuple(Path(p) for p in args.config))
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from serving.launcher.standalone import run_router
+
+    config = _config(args)
+    setup_logging(config.router.log_level)
+    return run_router(config, tuple(Path(p) for p in args.config),
+                      args.host or config.router.host,
+                      config.router.port if args.port is None else args.port,
+                      args.workers_from, reuse_port=args.reuse_port,
+                      single_process=args.single_process)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from serving.launcher.standalone import run_worker
+
+    config = _config(args)
+    setup_logging(config.router.log_level)
+    worker = config.workers.get(args.name)
+    port = args.port or (worker.port if worker is not None and worker.port else 8001)
+    return run_worker(config, args.name, args.host, port)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -129,7 +153,7 @@ def _time_arg(text: str) -> float:
 
 
 def _by_arg(text: str) -> list[str]:
-    from serving.ledger.store import check_group_fields
+    from serving.ledger.queries import check_group_fields
 
     try:
         return list(check_group_fields([g.strip() for g in text.split(",") if g.strip()]))
@@ -138,26 +162,32 @@ def _by_arg(text: str) -> list[str]:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    import sqlite3
+    import sqlalchemy as sa
 
-    from serving.ledger import format_table, ledger_path, query_totals
+    from serving.db import database_url
+    from serving.ledger import LedgerNotFound, format_table, query_totals
+    from serving.ledger.queries import display_url, one_line
     from serving.ledger.report import format_time
 
-    path = ledger_path(_config(args))
-    if not path.exists():
-        print(f"serving: no usage ledger at {path} yet: nothing has been recorded",
-              file=sys.stderr)
+    url = database_url(_config(args), "ledger")
+    where = display_url(url)
     try:
-        rows = query_totals(path, args.since, args.until, args.by, missing_ok=True)
-    except sqlite3.Error as e:
-        print(f"serving: cannot read the usage ledger {path}: {e}", file=sys.stderr)
+        try:
+            rows = query_totals(url, args.since, args.until, args.by)
+        except LedgerNotFound:
+            print(f"serving: no usage ledger at {where} yet: nothing has been recorded",
+                  file=sys.stderr)
+            rows = query_totals(url, args.since, args.until, args.by, missing_ok=True)
+    except sa.exc.SQLAlchemyError as e:
+        print(f"serving: cannot read the usage ledger {where}: {one_line(e)}",
+              file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     since = "the start" if args.since is None else format_time(args.since)
     until = "now" if args.until is None else format_time(args.until)
-    print(f"Usage from {since} to {until} ({path})\n")
+    print(f"Usage from {since} to {until} ({where})\n")
     print(format_table(rows, args.by))
     return 0
 
@@ -214,6 +244,26 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--runtime-file", type=Path,
                     help="write the router and worker addresses here once ready")
     up.set_defaults(func=cmd_up)
+
+    router = with_config(sub.add_parser(
+        "router", help="run only the router, in front of workers that run elsewhere"))
+    router.add_argument("--host", help="address (default: router.host)")
+    router.add_argument("--port", type=int, help="port (default: router.port)")
+    router.add_argument("--workers-from", type=Path, metavar="RUNTIME_FILE",
+                        help="take worker URLs from a running `serving up --runtime-file` "
+                        "(followed when workers move); else from workers.NAME.endpoints")
+    router.add_argument("--reuse-port", action="store_true",
+                        help="share the port with other router processes (SO_REUSEPORT)")
+    router.add_argument("--single-process", action="store_true", help=argparse.SUPPRESS)
+    router.set_defaults(func=cmd_router)
+
+    worker = with_config(sub.add_parser("worker", help="run one worker alone (a pod, a node)"))
+    worker.add_argument("name", help="the worker's name under `workers:` in the config")
+    worker.add_argument("--host", default="127.0.0.1",
+                        help="address (0.0.0.0 to be reached from other machines)")
+    worker.add_argument("--port", type=int,
+                        help="port (default: workers.NAME.port, else 8001)")
+    worker.set_defaults(func=cmd_worker)
 
     models = sub.add_parser("models", help="model weights").add_subparsers(
         dest="models_command", required=True)

@@ -75,6 +75,15 @@ def http(stack: BackgroundStack) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment without the variables that move state_dir and cache_dir, for configs
+    and CLI runs that must use the folders a test names."""
+    for var in ("SERVING_STATE_DIR", "SERVING_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return dict(os.environ)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server on a free port, without persistence."""
@@ -110,19 +119,33 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_servers
     server.stop("immediate")
 
 
-@pytest.fixture
-def postgres_url(postgres: local_servers.Postgres) -> Iterator[str]:
-    """A fresh, empty database on the session's cluster, for one test."""
+def create_database(server: local_servers.Postgres) -> str:
+    """A fresh, empty database on `server`; its SQLAlchemy URL."""
     import sqlalchemy as sa
 
     name = f"t{secrets.token_hex(6)}"
-    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    yield postgres.url.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(server: local_servers.Postgres, url: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres: local_servers.Postgres) -> Iterator[str]:
+    """A fresh, empty database on the session's cluster, for one test."""
+    url = create_database(postgres)
+    yield url
+    drop_database(postgres, url)
 
 
 @pytest.fixture(scope="session")

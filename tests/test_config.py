@@ -116,8 +116,8 @@ def test_deep_merge_replaces_lists_and_scalars():
         ("router: [", "not valid YAML"),
         ("router: {processes: 2}", "router.processes: 2 processes need shared stores, but "
          "router.rate_limit_store is `memory`"),
-        ("router: {processes: 2, rate_limit_store: 'redis://r:6379'}",
-         "router.database is SQLite"),
+        ("router: {processes: 2, rate_limit_store: 'redis://r:6379', "
+         "database: 'sqlite:///:memory:'}", "router.database is an in-memory SQLite"),
         ("router: {database: 'mysql://x/y'}", "router.database: String should match"),
         ("router: {artifacts: 's3://A_bucket'}", "router.artifacts: String should match"),
         ("workers: {chat: {replicas: 2, endpoints: ['http://a:1']}}",

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 import redis
-from harness import BackgroundStack, start_background_stack
+from harness import BackgroundStack, start_background_router, start_background_stack
 
 from serving.launcher.supervisor import free_port
 from serving.router.keys import hash_key
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-narrow-0123456789"
 RESPONSES_TPM_KEY = "sk-tpm-responses-0123456789"
+SHARED_KEY = "sk-shared-rpm-0123456789"
 METRICS_PORT = free_port()
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
@@ -47,6 +48,7 @@ router:
     - {{name: tpm-responses, sha256: {hash_key(RESPONSES_TPM_KEY)},
         limits: {{tokens_per_minute: 400}}}}
     - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
+    - {{name: shared, sha256: {hash_key(SHARED_KEY)}, limits: {{requests_per_minute: 2}}}}
 workers:
   chat: {{max_in_flight: 1}}
   videos: {{enabled: false}}
@@ -100,6 +102,36 @@ def test_requests_per_minute(limited: BackgroundStack, redis_url: str):
         sdk.chat.completions.create(**ask())
     # The counters live in Redis, where other router replicas would see them.
     assert redis.Redis.from_url(redis_url).keys("*rpm*")
+
+
+def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: Path):
+    """A second router (`serving router` beside the stack) knows the same keys and counts
+    against the same buckets: two requests, one through each, spend the key's minute (one
+    request back every 30 s: a slow machine may see one refill, never two)."""
+    root = Path(__file__).resolve().parent.parent
+    own_port = tmp_path / "b.yaml"
+    own_port.write_text("router: {metrics_port: null}\n")  # the stack has that one
+    router_b = start_background_router(
+        [root / "configs" / "cpu.yaml", limited.log.parent / "limits.yaml", own_port],
+        tmp_path / "b", stack=limited, env={"TEST_RPM_KEY": RPM_KEY})
+    try:
+        a = as_key(limited, SHARED_KEY)
+        b = httpx.Client(base_url=router_b.v1, timeout=120,
+                         headers={"Authorization": f"Bearer {SHARED_KEY}"})
+        for http, left in ((a, 1), (b, 0)):
+            r = http.post("/chat/completions", json=ask())
+            assert r.status_code == 200, r.text
+            assert r.headers["x-ratelimit-remaining-requests"] == str(left)
+        statuses = [http.post("/chat/completions", json=ask()) for http in (b, a)]
+        assert 429 in [r.status_code for r in statuses], [r.text for r in statuses]
+        for r in statuses:
+            if r.status_code == 429:
+                assert r.headers["retry-after"].isdigit()
+                assert r.headers["x-ratelimit-limit-requests"] == "2"
+        assert b.get("/models", headers={"Authorization": "Bearer sk-unknown"}
+                     ).status_code == 401
+    finally:
+        assert router_b.stop() == 0
 
 
 def test_tokens_are_reserved_then_settled(limited: BackgroundStack):

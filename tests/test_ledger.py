@@ -1,4 +1,5 @@
-"""The usage ledger: non-blocking appends, totals and grouping, robustness, and its CLI."""
+"""The usage ledger: non-blocking appends, totals and grouping, robustness, and its CLI, on
+SQLite and on a real PostgreSQL alike (outages and replicas: test_ledger_shared.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import re
 import sqlite3
 import subprocess
@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
+from conftest import create_database, drop_database
 
 from serving.config import ApiKey, load_config
 from serving.ledger import (
@@ -80,22 +82,48 @@ def assert_totals_equal(got: list[dict], want: list[dict]) -> None:
                 assert g[field] == value, field
 
 
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's ledger lives: a SQLite file (given as a plain path, as callers may), or a
+    fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "usage.db")
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def ledger(tmp_path: Path):
+def ledger(ledger_url: str):
+    led = Ledger(ledger_url)
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path):
     led = Ledger(tmp_path / "state" / "usage.db")
     yield led
     led.close()
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     records = make_records(600)
-    led = Ledger(tmp_path_factory.mktemp("ledger") / "usage.db", batch_size=64)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'usage.db'}"
+    else:
+        postgres = request.getfixturevalue("postgres")
+        url = create_database(postgres)
+    led = Ledger(url, batch_size=64)
     for r in records:
         led.append(r)
     assert led.flush()
     yield led, records
     led.close()
+    if request.param == "postgres":
+        drop_database(postgres, url)
 
 
 def test_appends_from_the_event_loop_then_flush(ledger: Ledger):
@@ -169,25 +197,34 @@ def test_duplicate_group_fields_count_once(filled):
     assert_totals_equal(led.totals(by=["model", "model"]), expected_totals(records, ("model",)))
 
 
-def test_wal_mode(ledger: Ledger):
+def test_wal_mode(sqlite_ledger: Ledger):
+    ledger = sqlite_ledger
     ledger.append(make_records(1)[0])
     assert ledger.flush()
     conn = sqlite3.connect(ledger.path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        indexes = {row[1] for row in conn.execute("PRAGMA index_list(usage)")}
-        assert {"usage_ts", "usage_key_ts"} <= indexes
     finally:
         conn.close()
 
 
+def test_indexes_for_the_report_queries_and_the_event_ids(ledger: Ledger):
+    indexes = {i["name"]: i for i in sa.inspect(ledger.engine).get_indexes("usage")}
+    assert indexes["usage_ts"]["column_names"] == ["ts"]
+    assert indexes["usage_key_ts"]["column_names"] == ["key_name", "ts"]
+    assert indexes["usage_event_id"]["column_names"] == ["event_id"]
+    assert indexes["usage_event_id"]["unique"]
+
+
 def test_a_failed_write_loses_only_the_bad_records(ledger: Ledger, caplog):
-    # A trigger makes any insert of model 'boom' fail, as a real write error would.
-    conn = sqlite3.connect(ledger.path)
-    with conn:
-        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON usage WHEN NEW.model = 'boom' "
-                     "BEGIN SELECT RAISE(ABORT, 'simulated write error'); END")
-    conn.close()
+    # The database refuses any row of model 'boom', as a real write error would.
+    with ledger.engine.begin() as conn:
+        if ledger.engine.dialect.name == "sqlite":
+            conn.execute(sa.text(
+                "CREATE TRIGGER boom BEFORE INSERT ON usage WHEN NEW.model = 'boom' "
+                "BEGIN SELECT RAISE(ABORT, 'simulated write error'); END"))
+        else:
+            conn.execute(sa.text("ALTER TABLE usage ADD CONSTRAINT boom CHECK (model <> 'boom')"))
     good = make_records(10)
     bad = UsageRecord(ts=5.0, request_id="bad-1", key_name="k", model="boom",
                       endpoint="/v1/chat/completions", status=200)
@@ -203,10 +240,12 @@ def test_a_failed_write_loses_only_the_bad_records(ledger: Ledger, caplog):
     assert stored == {r.request_id for r in good}
     assert "bad-1" in caplog.text and "bad-2" in caplog.text
     assert ledger.totals()[0]["requests"] == 10
+    state = ledger.state()
+    assert state.up and state.rejected == 2 and state.dropped == 0 and state.buffered == 0
 
 
-def test_close_writes_what_is_queued_and_later_appends_are_dropped(tmp_path: Path):
-    led = Ledger(tmp_path / "usage.db")
+def test_close_writes_what_is_queued_and_later_appends_are_dropped(ledger_url: str):
+    led = Ledger(ledger_url)
     records = make_records(300)
     for r in records:
         led.append(r)
@@ -214,17 +253,16 @@ def test_close_writes_what_is_queued_and_later_appends_are_dropped(tmp_path: Pat
     assert led.close()  # idempotent
     led.append(make_records(1, start=5e6)[0])  # dropped with a warning, no exception
     assert led.flush()
-    assert query_totals(led.path)[0]["requests"] == 300
+    assert query_totals(ledger_url)[0]["requests"] == 300
     with pytest.raises(TypeError):
         led.append({"model": "x"})  # type: ignore[arg-type]
 
 
-def test_reopening_keeps_the_records(tmp_path: Path):
-    path = tmp_path / "usage.db"
-    with Ledger(path) as led:
+def test_reopening_keeps_the_records(ledger_url: str):
+    with Ledger(ledger_url) as led:
         for r in make_records(20):
             led.append(r)
-    with Ledger(path) as led:
+    with Ledger(ledger_url) as led:
         led.append(make_records(1, start=2e6)[0])
         led.flush()
         assert led.totals()[0]["requests"] == 21
@@ -252,13 +290,6 @@ workers:
     return path
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for var in ("SERVING_STATE_DIR", "SERVING_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return dict(os.environ)
-
-
 def test_ledger_path(tmp_path: Path, clean_env):
     config = load_config([write_config(tmp_path)])
     assert ledger_path(config) == (tmp_path / "state" / "usage.db").resolve()
@@ -266,6 +297,9 @@ def test_ledger_path(tmp_path: Path, clean_env):
     assert ledger_path(config) == (tmp_path / "state" / "ledgers" / "u.db").resolve()
     config = load_config([write_config(tmp_path, f"router: {{usage_db: {tmp_path / 'x.db'}}}")])
     assert ledger_path(config) == tmp_path / "x.db"
+    config = load_config([write_config(
+        tmp_path, "router: {database: 'postgresql://u@db.example:5432/serving'}")])
+    assert ledger_path(config) is None  # in the server's database, not a file
 
 
 NOW = 1_800_000_000.0

@@ -56,3 +56,17 @@ def test_a_job_of_a_key_no_longer_configured_is_still_billed(tmp_path: Path):
         VideoBilling(ledger, {}).completed(job)
         assert billed(ledger) == {f"key-{OWNER[:12]}": 1.0}
     store.close()
+
+
+def test_a_render_billed_by_two_replicas_counts_once(tmp_path: Path):
+    """Each render has one event id (`render-<job id>`), so if two routers sharing the ledger
+    both bill it (or one bills it again after a restart), it is in the ledger once."""
+    store = JobStore(tmp_path, retention_s=3600)
+    job = store.create(OWNER, "wan-tiny", "128x128", "3", params(3))
+    with Ledger(tmp_path / "usage.db") as one, Ledger(tmp_path / "usage.db") as two:
+        VideoBilling(one, {OWNER: "alice"}).completed(job)
+        VideoBilling(two, {OWNER: "alice"}).completed(job)
+        assert two.flush()
+        assert billed(one) == {"alice": 3.0}
+        assert [r.event_id for r in one.records()] == [f"render-{job.id}"]
+    store.close()

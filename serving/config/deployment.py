@@ -81,7 +81,7 @@ class LedgerConfig(Strict):
         default=100_000, ge=1000,
         description="Rows held in memory while the database is unreachable. Past this the "
         "oldest are dropped (each drop logged and counted in /metrics), so a long outage "
-        "cannot exhaust memory; about 300 bytes a row.")
+        "cannot exhaust memory; about 500 bytes a row.")
     retention_days: float | None = Field(
         default=None, gt=0,
         description="Rows older than this are deleted (hourly). Unset: kept forever.")
@@ -152,9 +152,10 @@ class RouterConfig(Strict):
         description="The S3 endpoint URL of a store other than AWS (MinIO, SeaweedFS, R2...).")
     processes: int = Field(
         default=1, ge=1, le=256,
-        description="Router processes `serving up` runs on the one port (the kernel spreads "
-        "connections). More than one needs shared stores: a PostgreSQL `database`, a Redis "
-        "`rate_limit_store`, and `artifacts` every process reaches.")
+        description="Router processes `serving up` and `serving router` run on the one port "
+        "(the kernel spreads connections). More than one needs a Redis `rate_limit_store`; "
+        "the default SQLite files serve the processes of one node, and routers on several "
+        "nodes need a PostgreSQL `database` and `artifacts` in S3.")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="Also serve /metrics without a key on this port (bound to `host`); "

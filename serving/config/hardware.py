@@ -73,3 +73,21 @@ def describe_cpu(flags: frozenset[str] | None = None) -> str:
     flags = cpu_flags() if flags is None else flags
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"flags={','.join(shown) or 'none'} cpu_dtype={cpu_dtype(flags)}"
+
+
+def vllm_cpu_binding(replica: int, replicas: int,
+                     cores: list[int] | None = None) -> dict[str, str]:
+    """Cores for replica `replica` of `replicas` local vLLM CPU workers.
+
+    vLLM's `auto` binding picks cores without knowing about the other replicas on the node, so
+    two replicas both land on the same core (core 0 on a 2-core machine) and serve no more
+    than one. Each replica gets its own slice of the cores this process may use instead; with
+    fewer cores than replicas, they take the cores in turn. One replica keeps vLLM's choice.
+    """
+    if replicas <= 1:
+        return {}
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
+    share = max(1, len(cores) // replicas)
+    start = replica * share % len(cores)
+    mine = cores[start:start + share]
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine))}

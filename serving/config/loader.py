@@ -111,9 +111,10 @@ def load_catalog(directory: Path) -> dict[str, ModelEntry]:
 
 
 def per_process_store(config: Config) -> str | None:
-    """Why `router.processes` > 1 cannot work with this config's stores, or None. Several
-    router processes (here or on other nodes) must share rate limits, the ledger, video jobs
-    and their files, or each would count and keep its own."""
+    """Why `router.processes` > 1 cannot work with this config's stores, or None. The router
+    processes must share rate limits, the ledger and video jobs, or each would count and keep
+    its own. A SQLite file is shared by the processes of one node (WAL: one writer at a time,
+    readers never blocked); routers on several nodes need PostgreSQL, which this cannot see."""
     router = config.router
     if router.processes == 1:
         return None
@@ -121,9 +122,9 @@ def per_process_store(config: Config) -> str | None:
     if router.rate_limit_store == "memory":
         problems.append("router.rate_limit_store is `memory` (each process would count "
                         "alone): use a redis:// URL")
-    if router.database is None or router.database.startswith("sqlite"):
-        problems.append("router.database is SQLite (one writer per file, on one node): use a "
-                        "postgresql:// URL")
+    if router.database is not None and ":memory:" in router.database:
+        problems.append("router.database is an in-memory SQLite database (one per process): "
+                        "use a file, or a postgresql:// URL")
     return (f"router.processes: {router.processes} processes need shared stores, but "
             + "; ".join(problems)) if problems else None
 

@@ -99,11 +99,15 @@ def device_memory_gib() -> list[tuple[str, float]]:
 
 
 def _gpus_of(worker: WorkerConfig, count: int) -> list[int]:
-    """The GPUs a worker uses: vLLM spreads over tensor_parallel_size of them; a media worker
-    uses its first visible one (cuda:0)."""
-    visible = worker.gpus if worker.gpus is not None else list(range(count))
-    args = worker.args
-    return visible[:args.tensor_parallel_size] if isinstance(args, VllmArgs) else visible[:1]
+    """The GPUs a worker uses, once per local replica on each: vLLM spreads over
+    tensor_parallel_size of its replica's share of `gpus`; a media worker uses the first one
+    it sees (cuda:0). Replicas elsewhere (`endpoints`) use none of this node's."""
+    args, used = worker.args, []
+    for replica in range(0 if worker.endpoints else worker.replicas):
+        share = worker.replica_gpus(replica)
+        visible = share if share is not None else list(range(count))
+        used += visible[:args.tensor_parallel_size] if isinstance(args, VllmArgs) else visible[:1]
+    return used
 
 
 def _on_gpu(worker: WorkerConfig) -> bool:

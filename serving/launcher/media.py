@@ -13,7 +13,9 @@ KIND = {Modality.image: "images", Modality.video: "videos", Modality.speech: "sp
         Modality.transcription: "transcription"}
 
 
-def media_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path) -> WorkerSpec:
+def media_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path,
+                 replica: int = 0) -> WorkerSpec:
+    """Replica `replica` of the worker (0 of 1 unless it has `replicas`), named `name`."""
     entry, args = worker.entry, worker.args
     assert entry is not None and args is not None
     spec = MediaWorkerSpec(name=name, device=config.device, model_path=model_path, entry=entry,
@@ -21,5 +23,6 @@ def media_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pa
     # The supervisor adds --port, fresh for each start unless the worker has a fixed one.
     argv = [sys.executable, "-m", "serving.workers", KIND[entry.modality],
             "--spec", spec.model_dump_json()]
-    return WorkerSpec(name=name, argv=argv, env=worker_env(worker.env, worker.gpus),
-                      port=worker.port, startup_timeout_s=worker.startup_timeout_s)
+    return WorkerSpec(name=name, argv=argv,
+                      env=worker_env(worker.env, worker.replica_gpus(replica)), port=worker.port,
+                      startup_timeout_s=worker.startup_timeout_s)

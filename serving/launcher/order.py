@@ -5,6 +5,9 @@ its own load and profiling consume). A media worker moving a 30 GiB pipeline ont
 in that window makes it fail ("No available memory for the cache blocks") or pick a KV cache
 size by chance. So every media worker that shares a GPU with a vLLM worker waits until that
 vLLM worker is healthy; workers on other GPUs, and every worker on CPU, start at once.
+
+A worker with replicas is several processes: a media worker waits for every replica of the
+vLLM worker it shares a GPU with, and a chat pool's router waits for its own replicas.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 from collections.abc import Iterable, Mapping
 
 from serving.config import Config, WorkerConfig
-from serving.launcher.supervisor import Supervisor
+from serving.launcher.pools import PoolRouterSpec
+from serving.launcher.supervisor import Supervisor, WorkerSpec
 
 
 def shares_gpu(a: WorkerConfig, b: WorkerConfig) -> bool:
@@ -34,6 +38,21 @@ def start_after(config: Config) -> dict[str, set[str]]:
         name: set() if _is_vllm(worker) else {
             other for other, w in workers.items() if _is_vllm(w) and shares_gpu(worker, w)}
         for name, worker in workers.items()
+    }
+
+
+def process_order(config: Config, specs: Iterable[WorkerSpec]) -> dict[str, set[str]]:
+    """`start_after`, for processes: each process name -> the processes healthy before it."""
+    specs = list(specs)
+    replicas: dict[str, set[str]] = {}
+    for spec in specs:
+        if not isinstance(spec, PoolRouterSpec):
+            replicas.setdefault(spec.worker, set()).add(spec.name)
+    after = start_after(config)
+    return {
+        spec.name: set(replicas.get(spec.worker, ())) if isinstance(spec, PoolRouterSpec)
+        else set().union(*(replicas.get(w, set()) for w in after.get(spec.worker, ())))
+        for spec in specs
     }
 
 

@@ -12,16 +12,23 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-
-import uvicorn
 
 from serving.config import Config
 from serving.launcher.media import media_worker
-from serving.launcher.order import start_after, start_in_order
+from serving.launcher.order import process_order, start_in_order
+from serving.launcher.pools import (
+    PoolRouterSpec,
+    has_pool_router,
+    pool_router_name,
+    pool_router_spec,
+    replica_name,
+    replica_specs,
+)
+from serving.launcher.router_process import bind, extra_router_specs, serve
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
-from serving.router.admin import metrics_only_app
 from serving.router.app import create_app
 from serving.router.dependencies import services_of
 from serving.router.keys import (
@@ -31,6 +38,7 @@ from serving.router.keys import (
     ensure_generated_key,
     principals,
 )
+from serving.router.workers import Endpoints
 from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
@@ -38,6 +46,10 @@ log = logging.getLogger("serving.launcher")
 WORKER_BUILDERS = {"vllm": vllm_worker, "diffusers": media_worker,
                    "faster-whisper": media_worker, "hibari": media_worker,
                    "kokoro": media_worker}
+
+
+def _not_started(name: str) -> str:
+    raise RuntimeError(f"{name} has not been started")
 
 
 def resolve_keys(config: Config) -> list[Principal]:
@@ -54,13 +66,36 @@ def resolve_keys(config: Config) -> list[Principal]:
     return principals(keys, config.router.default_limits)
 
 
-def worker_specs(config: Config, model_paths: dict[str, Path]) -> list[WorkerSpec]:
-    specs = []
+def worker_specs(config: Config, model_paths: dict[str, Path],
+                 url_of: Callable[[str], str] = _not_started) -> list[WorkerSpec]:
+    """Every process `serving up` runs besides the router: each worker's local replicas, and
+    each chat pool's router, whose members `url_of` (a process name -> its URL) finds when the
+    pool router starts."""
+    specs: list[WorkerSpec] = []
     for name, worker in config.workers.items():
         assert worker.entry is not None
-        build = WORKER_BUILDERS[worker.entry.engine]
-        specs.append(build(name, worker, config, model_paths[name]))
+        replicas = replica_specs(name, worker, config, model_paths[name],
+                                 WORKER_BUILDERS[worker.entry.engine])
+        specs += replicas
+        if has_pool_router(worker):
+            names = [spec.name for spec in replicas]
+            specs.append(pool_router_spec(
+                name, worker,
+                (lambda names=names: [url_of(n) for n in names]) if names
+                else (lambda urls=list(worker.endpoints): urls)))
     return specs
+
+
+def worker_endpoints(config: Config, url_of: Callable[[str], str]) -> dict[str, Endpoints]:
+    """Where the router reaches each worker: its replicas (local: `url_of` their process
+    names; or its `endpoints`), and a chat pool's router."""
+    out = {}
+    for name, worker in config.workers.items():
+        replicas = list(worker.endpoints) or [
+            url_of(replica_name(name, i, worker.replicas)) for i in range(worker.replicas)]
+        gateway = url_of(pool_router_name(name)) if has_pool_router(worker) else None
+        out[name] = Endpoints(tuple(replicas), gateway)
+    return out
 
 
 async def run_stack(
@@ -70,15 +105,17 @@ async def run_stack(
     host: str,
     port: int,
     runtime_file: Path | None = None,
+    config_files: tuple[Path, ...] = (),
 ) -> int:
+    """`config_files` are what `config` was loaded from: extra router processes load them."""
     loop = asyncio.get_running_loop()
-    server: uvicorn.Server | None = None
     startup: asyncio.Task | None = None
+    stop_requested = False
 
     def on_signal(signum: int, _frame) -> None:
+        nonlocal stop_requested
         log.info("received %s; shutting down", signal.Signals(signum).name)
-        if server is not None:
-            server.should_exit = True
+        stop_requested = True
         if startup is not None:
             loop.call_soon_threadsafe(startup.cancel)
 
@@ -89,32 +126,51 @@ async def run_stack(
 
     supervisors: list[Supervisor] = []
     try:
-        supervisors = [Supervisor(spec) for spec in worker_specs(config, model_paths)]
+        by_name: dict[str, Supervisor] = {}
+        specs = worker_specs(config, model_paths, lambda name: by_name[name].url)
+        supervisors = [Supervisor(spec) for spec in specs]
+        by_name.update((s.name, s) for s in supervisors)
 
-        # On a shared GPU, vLLM first: it sizes itself from the memory it finds free.
-        startup = asyncio.create_task(start_in_order(supervisors, start_after(config)))
+        # On a shared GPU, vLLM first: it sizes itself from the memory it finds free. A pool
+        # router starts once its replicas are up.
+        startup = asyncio.create_task(start_in_order(supervisors, process_order(config, specs)))
         await startup
         startup = None
 
-        app = create_app(config, {s.name: s.url for s in supervisors}, keys)
+        if stop_requested:  # between the workers' start and the router's
+            return 130
+        app = create_app(config, worker_endpoints(config, lambda name: by_name[name].url), keys)
+        workers = services_of(app).workers
         for s in supervisors:  # a worker restarted on another port is reached there
-            s.on_up.append(services_of(app).workers[s.name].move_to)
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False,
-            timeout_graceful_shutdown=config.router.shutdown_grace_s, server_header=False,
-        ))
-        # Started first so the API server's signal handling is outermost: a SIGTERM drains the
-        # API, then stops the metrics port (uvicorn hands the signal on when it returns).
-        metrics = None if config.router.metrics_port is None else uvicorn.Server(uvicorn.Config(
-            metrics_only_app(app), host=host, port=config.router.metrics_port, log_config=None,
-            access_log=False, server_header=False))
-        metrics_task = metrics and asyncio.create_task(metrics.serve())
-        announce = asyncio.create_task(_announce(server, supervisors, host, runtime_file))
-        await server.serve()
-        announce.cancel()
-        if metrics is not None and metrics_task is not None:
-            metrics.should_exit = True
-            await metrics_task
+            s.on_up.append(workers[s.spec.worker].member(s.name).move_to)
+        processes = config.router.processes
+        if processes > 1 and runtime_file is None:
+            # The other router processes follow the workers through this file.
+            runtime_file = config.state_dir / f"runtime-{os.getpid()}.json"
+        try:
+            sock = bind(host, port, reuse_port=processes > 1)
+        except OSError as e:
+            log.error("cannot listen on %s:%s: %s", host, port, e.strerror)
+            return 1
+        url = f"http://{host}:{sock.getsockname()[1]}"
+
+        def started() -> None:
+            if runtime_file is not None:
+                _write_runtime(runtime_file, url, supervisors)
+                for s in supervisors:  # where a restarted worker listens now
+                    s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
+            if processes > 1:
+                others = extra_router_specs(config_files, runtime_file, host,
+                                            sock.getsockname()[1], processes)
+                routers_task.append(asyncio.create_task(_start_routers(others, routers)))
+            print(f"serving: ready on {url}/v1", flush=True)
+
+        routers: list[Supervisor] = []
+        routers_task: list[asyncio.Task] = []
+        server = await serve(app, config, sock, started)
+        for task in routers_task:
+            task.cancel()
+        await asyncio.gather(*(r.stop() for r in routers))
         return 0 if server.started else 1
     except asyncio.CancelledError:
         return 130
@@ -128,35 +184,33 @@ async def run_stack(
         log.info("stopped")
 
 
-async def _announce(
-    server: uvicorn.Server, supervisors: list[Supervisor], host: str, runtime_file: Path | None
-) -> None:
-    while not server.started:
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://{host}:{port}"
-    if runtime_file is not None:
-        _write_runtime(runtime_file, url, supervisors)
-        for s in supervisors:  # where a restarted worker listens now
-            s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
-    print(f"serving: ready on {url}/v1", flush=True)
+async def _start_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None:
+    for spec in specs:
+        router = Supervisor(spec)
+        out.append(router)
+        await router.start()
 
 
 def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
-    info = {
-        "router": router_url,
-        "pid": os.getpid(),
-        "workers": {
-            s.name: {"url": s.url, "pid": s.process.pid if s.process else None}
-            for s in supervisors
-        },
-    }
+    """Where each worker listens, for scripts and tests. `url` and `pid` are what the router
+    calls for the worker: its only process, a chat pool's router, or a media pool's first
+    replica; a worker with several replicas also lists them all, by name."""
+    workers: dict[str, dict] = {}
+    for s in supervisors:
+        here = {"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None}
+        info = workers.setdefault(s.spec.worker, {})
+        if isinstance(s.spec, PoolRouterSpec) or "url" not in info:
+            info.update(url=here["url"], pid=here["pid"])
+        if s.name != s.spec.worker and not isinstance(s.spec, PoolRouterSpec):
+            info.setdefault("replicas", []).append(here)
+    info = {"router": router_url, "pid": os.getpid(), "workers": workers}
     tmp = runtime_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(runtime_file)
 
 
-def run(config: Config, host: str, port: int, runtime_file: Path | None = None) -> int:
+def run(config: Config, host: str, port: int, runtime_file: Path | None = None,
+        config_files: tuple[Path, ...] = ()) -> int:
     try:
         keys = resolve_keys(config)
     except UnresolvedKey as e:
@@ -168,7 +222,7 @@ def run(config: Config, host: str, port: int, runtime_file: Path | None = None) 
         model_paths = prepare_all(config)
     except KeyboardInterrupt:
         return 130
-    stack = run_stack(config, model_paths, keys, host, port, runtime_file)
+    stack = run_stack(config, model_paths, keys, host, port, runtime_file, config_files)
     try:
         import uvloop
     except ImportError:

@@ -48,7 +48,11 @@ def free_port() -> int:
 class WorkerSpec:
     """How to run a worker. `argv` has no port: each start appends `--port N`, with the
     configured `port` if there is one, else a fresh free port, so a port taken between
-    choosing it and binding it costs one retry rather than every retry."""
+    choosing it and binding it costs one retry rather than every retry.
+
+    `keep_port`: restarts reuse the port of the first healthy start. Replicas in a chat pool
+    need it, because the pool router was given their URLs when it started (see
+    `serving.launcher.pools`)."""
 
     name: str
     argv: list[str]
@@ -56,6 +60,12 @@ class WorkerSpec:
     port: int | None = None
     startup_timeout_s: float = 900.0
     health_path: str = "/health"
+    host: str = "127.0.0.1"  # where the supervisor checks its health
+    worker: str = ""  # the config's worker this process serves (a replica's, a pool's); "": name
+    keep_port: bool = False
+
+    def __post_init__(self) -> None:
+        self.worker = self.worker or self.name
 
     def command(self, port: int) -> list[str]:
         return [*self.argv, "--port", str(port)]
@@ -95,6 +105,7 @@ class Supervisor:
     startup_attempts: int = 3
     _tail: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
     port: int | None = None  # where the current (or last) process listens
+    _kept_port: int | None = None  # with spec.keep_port: every restart's port
     # Called with the worker's URL each time a (re)started worker is healthy: a restart may
     # have moved it to another port, and the router's client and the runtime file follow.
     on_up: list[Callable[[str], None]] = field(default_factory=list)
@@ -106,17 +117,20 @@ class Supervisor:
     @property
     def url(self) -> str:
         assert self.port is not None, "the worker has not been started"
-        return f"http://127.0.0.1:{self.port}"
+        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "::", "") else self.spec.host
+        return f"http://{host}:{self.port}"
 
     def _became_healthy(self) -> None:
         self.state = State.up
+        if self.spec.keep_port:
+            self._kept_port = self.port
         for callback in self.on_up:
             callback(self.url)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
         self._tail.clear()
-        self.port = self.spec.port or free_port()
+        self.port = self.spec.port or self._kept_port or free_port()
         self.process = await asyncio.create_subprocess_exec(
             *self.spec.command(self.port),
             stdin=asyncio.subprocess.DEVNULL,

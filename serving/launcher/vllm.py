@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 from serving.config import Config, VllmArgs, WorkerConfig
-from serving.config.hardware import AUTO, describe_cpu, resolve_dtype, vllm_cpu_env
+from serving.config.hardware import (
+    AUTO,
+    describe_cpu,
+    resolve_dtype,
+    vllm_cpu_binding,
+    vllm_cpu_env,
+)
+from serving.launcher.pools import has_pool_router
 from serving.launcher.supervisor import WorkerSpec, worker_env
 from serving.router.text.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
@@ -20,7 +27,9 @@ from serving.weights.prepare import chat_template_path
 log = logging.getLogger("serving.launcher")
 
 
-def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path) -> WorkerSpec:
+def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path,
+                replica: int = 0) -> WorkerSpec:
+    """Replica `replica` of the worker (0 of 1 unless it has `replicas`), named `name`."""
     entry, args = worker.entry, worker.args
     assert entry is not None and isinstance(args, VllmArgs)
     caps = entry.capabilities
@@ -50,6 +59,10 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
         # As many images as the router lets through; it hands vLLM data URLs only.
         limit = config.router.images.max_images_per_request
         argv += ["--limit-mm-per-prompt", json.dumps({"image": limit})]
+    if has_pool_router(worker):
+        # The render endpoints, through which a cache-aware pool router tokenises prompts
+        # (vllm-router); without them it routes every request to one replica.
+        argv.append("--enable-scale-out")
     if (template := chat_template_path(entry)) is not None:
         argv += ["--chat-template", str(template)]
     if args.max_model_len:
@@ -66,12 +79,14 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
             argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     argv += args.extra_args
 
-    # On a small CPU, vLLM's engine gets every core (the config's own env wins).
-    env = {**vllm_cpu_env(), **worker.env} if config.device == "cpu" else worker.env
+    # On a small CPU, vLLM's engine gets every core; replicas get a core (or more) each. The
+    # config's own env wins.
+    env = ({**vllm_cpu_env(), **vllm_cpu_binding(replica, worker.replicas), **worker.env}
+           if config.device == "cpu" else worker.env)
     return WorkerSpec(
         name=name,
         argv=argv,
-        env=worker_env(env, worker.gpus),
+        env=worker_env(env, worker.replica_gpus(replica)),
         port=worker.port,
         startup_timeout_s=worker.startup_timeout_s,
     )

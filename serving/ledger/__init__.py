@@ -1,12 +1,16 @@
-"""The usage ledger: what every request cost, per key, model and endpoint (SQLite)."""
+"""The usage ledger: what every request cost, per key, model and endpoint (SQLite by default,
+PostgreSQL shared by router replicas)."""
 
+from serving.ledger.queries import GROUP_FIELDS, LedgerNotFound, query_records, query_totals
 from serving.ledger.record import UsageRecord
 from serving.ledger.report import format_table, parse_since
-from serving.ledger.store import GROUP_FIELDS, Ledger, ledger_path, query_records, query_totals
+from serving.ledger.store import Ledger, LedgerState, ledger_path
 
 __all__ = [
     "GROUP_FIELDS",
     "Ledger",
+    "LedgerNotFound",
+    "LedgerState",
     "UsageRecord",
     "format_table",
     "ledger_path",

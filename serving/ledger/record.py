@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import secrets
+from dataclasses import dataclass, field, fields
+
+
+def new_event_id() -> str:
+    """A random id for one record. The request id cannot be the key: clients may choose their
+    own X-Request-Id, and may send the same one twice."""
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,9 @@ class UsageRecord:
     characters: int = 0
     video_seconds: float = 0.0
     latency_ms: float = 0.0
+    # Unique in the table: a batch written again (its commit acknowledgement was lost, or two
+    # replicas bill one render) is inserted once. Fixed at creation, so every retry carries it.
+    event_id: str = field(default_factory=new_event_id)
 
 
 # Column order of the table, which is also the field order of the dataclass.

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Query
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.errors import invalid_request
+from serving.errors import OpenAIError, invalid_request
 from serving.ledger import GROUP_FIELDS, parse_since
+from serving.ledger.queries import one_line
 from serving.router.dependencies import AdminCtx, MeteringDep, Services, ServicesDep, services_of
 from serving.router.metrics import CONTENT_TYPE
 
@@ -47,11 +49,18 @@ async def usage(
     start, end = _time(since, "since"), _time(until, "until")
 
     def read() -> list[dict[str, Any]]:
-        ledger.flush()  # what was answered before this request is counted in it
+        if ledger.state().up:
+            ledger.flush()  # what was answered before this request is counted in it
         return ledger.totals(start, end, fields)
 
-    return {"object": "list", "by": fields, "since": start, "until": end,
-            "data": await asyncio.to_thread(read)}
+    try:
+        data = await asyncio.to_thread(read)
+    except sa.exc.SQLAlchemyError as e:
+        raise OpenAIError(
+            503, f"The usage ledger's database is unreachable ({one_line(e)}); usage is "
+            "buffered and written when it returns. Retry later.", type="server_error",
+            code="ledger_unavailable", headers={"Retry-After": "5"}) from None
+    return {"object": "list", "by": fields, "since": start, "until": end, "data": data}
 
 
 async def _metrics(services: Services) -> Response:

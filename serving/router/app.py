@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,8 +12,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from serving.cancel import ClientDisconnected
 from serving.config import Config, Modality
+from serving.db import database_url
 from serving.errors import install_error_handlers
-from serving.ledger import Ledger, ledger_path
+from serving.ledger import Ledger
+from serving.ledger.metrics import LedgerCollector
 from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.call_worker import client_closed
@@ -29,18 +32,21 @@ from serving.router.ratelimit import RateLimiter
 from serving.router.registry import Registry, Served
 from serving.router.text import routes as text_routes
 from serving.router.videos import routes as video_routes
-from serving.router.workers import Worker
+from serving.router.workers import Endpoints, Worker
 from serving.video_jobs.billing import VideoBilling
 from serving.video_jobs.service import VideoService
 
 
-def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal]) -> FastAPI:
-    """`worker_urls` maps each worker name in `config.workers` to where it listens."""
+def create_app(config: Config, worker_urls: Mapping[str, str | Endpoints],
+               keys: list[Principal]) -> FastAPI:
+    """`worker_urls` maps each worker name in `config.workers` to where it listens (its
+    replicas' URLs and pool router, for a worker with several)."""
     router_config = config.router
     workers = {
         name: Worker(name, worker_urls[name], router_config.timeouts,
-                     router_config.max_connections_per_worker)
-        for name in config.workers
+                     router_config.max_connections_per_worker,
+                     health_interval_s=w.routing.health_check_interval_s)
+        for name, w in config.workers.items()
     }
     registry = Registry([
         Served(w.entry, workers[name], getattr(w.args, "max_model_len", None))
@@ -49,9 +55,11 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
     ])
 
     metering = Metering(
-        RateLimiter.from_config(router_config), Ledger(ledger_path(config)), RouterMetrics(),
+        RateLimiter.from_config(router_config),
+        Ledger(database_url(config, "ledger"), router_config.ledger), RouterMetrics(),
         {name: w.max_in_flight for name, w in config.workers.items()},
     )
+    metering.metrics.registry.register(LedgerCollector(metering.ledger))
     video_models = [s for s in registry.served if s.entry.modality == Modality.video]
     billing = VideoBilling(metering.ledger, {k.sha256: k.name for k in keys})
     videos = (VideoService(config.state_dir, router_config.videos, video_models, billing)
@@ -59,6 +67,8 @@ def create_app(config: Config, worker_urls: dict[str, str], keys: list[Principal
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        for worker in workers.values():  # media pools check their replicas' health
+            worker.start()
         if videos is not None:
             await videos.start()
         yield

@@ -55,7 +55,10 @@ class RouterMetrics:
                                   "because the model had its cap of requests in flight.",
                                   ["model"], registry=r)
         self.worker_up = Gauge("serving_worker_up", "1 when the worker answers its health "
-                               "check.", ["worker"], registry=r)
+                               "check (a pool: its router and at least one replica).",
+                               ["worker"], registry=r)
+        self.replica_up = Gauge("serving_replica_up", "1 when the replica of a pooled worker "
+                                "answers its health check.", ["worker", "replica"], registry=r)
 
     def observe_usage(self, model: str, usage: dict) -> None:
         # Chat's names, then the Responses API's for the same counts.
@@ -70,22 +73,34 @@ class RouterMetrics:
 
     async def render(self, workers: dict[str, Worker], vllm_workers: set[str]) -> bytes:
         """The router's metrics, then the vLLM workers' own (named `vllm:...`, so they cannot
-        clash with ours), merged into one family per metric with a `worker` label."""
+        clash with ours), merged into one family per metric with a `worker` label, and a
+        `replica` label for each replica of a pool (scraped one by one, not through its pool
+        router)."""
 
-        async def probe(name: str, worker: Worker) -> str:
-            up = await worker.healthy()
-            self.worker_up.labels(name).set(1 if up else 0)
-            if not up or name not in vllm_workers:
-                return ""
-            with contextlib.suppress(httpx.HTTPError):
-                r = await worker.client.get("/metrics", timeout=5.0)
-                if r.status_code == 200:
-                    return r.text
-            return ""
+        async def probe(name: str, worker: Worker) -> dict[str, str]:
+            states = await worker.probe()
+            self.worker_up.labels(name).set(1 if worker.serves(states) else 0)
+            texts = {}
+            for replica in worker.replicas:
+                if worker.pooled:
+                    self.replica_up.labels(name, str(replica.index)).set(
+                        1 if states[replica.name] else 0)
+                if states[replica.name] and name in vllm_workers:
+                    with contextlib.suppress(httpx.HTTPError):
+                        r = await replica.client.get("/metrics", timeout=5.0)
+                        if r.status_code == 200:
+                            texts[replica.name] = r.text
+            return texts
 
-        texts = await asyncio.gather(*(probe(n, w) for n, w in workers.items()))
-        return generate_latest(self.registry) + merge_worker_metrics(dict(zip(workers, texts,
-                                                                                strict=True)))
+        labels, texts = {}, {}
+        for name, found in zip(workers, await asyncio.gather(
+                *(probe(n, w) for n, w in workers.items())), strict=True):
+            for replica in workers[name].replicas:
+                if replica.name in found:
+                    texts[replica.name] = found[replica.name]
+                    labels[replica.name] = {"worker": name} if replica.index is None else {
+                        "worker": name, "replica": str(replica.index)}
+        return generate_latest(self.registry) + merge_worker_metrics(texts, labels)
 
 
 class _Families:
@@ -98,14 +113,17 @@ class _Families:
         return self.families
 
 
-def merge_worker_metrics(texts: dict[str, str]) -> bytes:
+def merge_worker_metrics(texts: dict[str, str],
+                         labels: dict[str, dict[str, str]] | None = None) -> bytes:
     """Several workers' expositions as one: each metric family once (a repeated `# TYPE` line
-    makes Prometheus reject the whole scrape), every sample labelled with its `worker`.
+    makes Prometheus reject the whole scrape), every sample labelled with its `worker` (the
+    key of `texts`), or with `labels[key]` where given (a replica's `worker` and `replica`).
 
     The generic python_/process_ families describe a worker process rather than its model,
     and are left out. A family another worker declared with a different type is left out for
     that worker (with a warning) rather than breaking the scrape.
     """
+    labels = labels or {}
     merged: dict[str, Metric] = {}
     for worker, text in texts.items():
         try:
@@ -122,6 +140,6 @@ def merge_worker_metrics(texts: dict[str, str]) -> bytes:
                 log.warning("metric %s of worker %s is a %s, not a %s; left out",
                             family.name, worker, family.type, into.type)
                 continue
-            into.samples += [s._replace(labels={**s.labels, "worker": worker})
-                             for s in family.samples]
+            extra = labels.get(worker) or {"worker": worker}
+            into.samples += [s._replace(labels={**s.labels, **extra}) for s in family.samples]
     return generate_latest(_Families(merged.values()))  # type: ignore[arg-type]

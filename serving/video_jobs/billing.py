@@ -24,6 +24,9 @@ class VideoBilling:
         """Record `job`'s seconds for its owner. A key removed from the config since the job
         was created is recorded under a name made from the start of its hash."""
         name = self.key_names.get(job.owner) or f"key-{job.owner[:12]}"
+        # One event id per job: a render billed again (by another replica, or after a
+        # restart) is inserted once.
         self.ledger.append(UsageRecord(
             ts=time.time(), request_id=job.id, key_name=name, model=job.model,
-            endpoint=RENDER_ENDPOINT, status=200, video_seconds=float(job.seconds)))
+            endpoint=RENDER_ENDPOINT, status=200, video_seconds=float(job.seconds),
+            event_id=f"render-{job.id}"))

@@ -68,9 +68,9 @@ class Dispatcher:
         path = self.store.path(job.id)
         body = {"params": job.params.model_dump(), "output": str(path)}
         try:
-            async with self.worker.client.stream(
+            async with self.worker.stream(
                 "POST", "/v1/videos/render", json=body,
-                timeout=httpx.Timeout(None, connect=self.worker.client.timeout.connect),
+                timeout=httpx.Timeout(None, connect=self.worker.connect_timeout),
             ) as response:
                 if response.status_code != 200:
                     await response.aread()

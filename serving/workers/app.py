@@ -29,6 +29,6 @@ def check_model(spec: MediaWorkerSpec, model: str | None) -> None:
         raise model_not_found(str(model))
 
 
-def serve(app: FastAPI, port: int) -> None:
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+def serve(app: FastAPI, port: int, host: str = "127.0.0.1") -> None:
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

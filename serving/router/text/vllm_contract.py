@@ -27,9 +27,14 @@ ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
 #   every cache read and cache write is metered as zero.
 # - `--fingerprint-mode none`: vLLM's `system_fingerprint` names its own version and config;
 #   with `none` it is null and never serialised. (The relay drops the field anyway.)
+# - `--enable-force-include-usage`: usage on every chunk of every stream, whatever the request
+#   says. The router asks for it (STREAM_OPTIONS), but a chat pool's router (vllm-router
+#   0.1.17) re-serialises the body without `continuous_usage_stats`, which would leave
+#   dropped streams metered as zero.
 ROUTER_FLAGS: tuple[str, ...] = (
     "--enable-prompt-tokens-details",
     "--fingerprint-mode", "none",
+    "--enable-force-include-usage",
 )
 
 # Streaming request options the router sends instead of the client's. `continuous_usage_stats`
