@@ -167,12 +167,18 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def bar_chart(rows: list[tuple[str, float]], unit: str, width: int = 50) -> str:
+    """A text bar per (label, value), scaled to the largest: the benchmarks' plots."""
+    top = max((value for _, value in rows), default=0) or 1
+    pad = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:>{pad}} {'#' * round(width * value / top):<{width}} "
+                     f"{value:.1f} {unit}" for label, value in rows)
+
+
 def plot(results: list[Result], width: int = 50) -> str:
     """Output tokens/s as a bar per target and concurrency: the table's story at a glance."""
-    top = max((r.tps for r in results), default=0) or 1
-    return "\n".join(f"{r.target:>10} c={r.concurrency:<3} "
-                     f"{'#' * round(width * r.tps / top):<{width}} {r.tps:.1f} tok/s"
-                     for r in results)
+    return bar_chart([(f"{r.target:>10} c={r.concurrency:<3}", r.tps) for r in results],
+                     "tok/s", width)
 
 
 def chat_only_stack(configs: list[Path], model: str, workdir: Path):
