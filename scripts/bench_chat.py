@@ -167,12 +167,17 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def bars(rows: list[tuple[str, float]], unit: str, width: int = 50, fmt: str = ".1f") -> str:
+    """A text bar chart, one (label, value) a line, scaled to the largest value."""
+    top = max((v for _, v in rows), default=0) or 1
+    pad = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:>{pad}}  {'#' * round(width * v / top):<{width}} {v:{fmt}} {unit}"
+                     for label, v in rows)
+
+
 def plot(results: list[Result], width: int = 50) -> str:
     """Output tokens/s as a bar per target and concurrency: the table's story at a glance."""
-    top = max((r.tps for r in results), default=0) or 1
-    return "\n".join(f"{r.target:>10} c={r.concurrency:<3} "
-                     f"{'#' * round(width * r.tps / top):<{width}} {r.tps:.1f} tok/s"
-                     for r in results)
+    return bars([(f"{r.target} c={r.concurrency:<3}", r.tps) for r in results], "tok/s", width)
 
 
 def chat_only_stack(configs: list[Path], model: str, workdir: Path):
