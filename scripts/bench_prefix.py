@@ -6,7 +6,7 @@ runs the multi-turn workload of `prefix_load.py` through it and stops it; varian
 in rounds, so drift on a shared machine hits all of them alike. Each run opens its system
 prompts with a fresh nonce, so no run reads the cache an earlier one left. Reports per variant:
 the prefix-cache hit rate from vLLM's counters and from the usage, TTFT p50/p99, output
-tokens/s, requests per replica, failed requests. Then, with `--kill`, the first engine under
+tokens/s, requests per replica, failed requests. Then, with `--kill`, each engine under
 cache_aware loses replica 1 (SIGKILL to its process group) mid-run: failed requests are
 counted apart for those in flight when it died, those sent before the router marked it down,
 and those after (which should be none).
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 from bench_chat import bars  # scripts/ is on the path when a script runs
-from chat_pool import Proc, start_replicas, start_router
+from chat_pool import Proc, restart, start_replicas, start_router
 from prefix_load import Summary, Turn, Workload, build_workload, delta, run_workload, scrape, table
 
 from serving.config import load_config
@@ -136,33 +136,36 @@ async def kill_run(router: Proc, victim: Proc, args: argparse.Namespace,
     return await task, killed, down, start
 
 
-def kill_test(args: argparse.Namespace, routing: Routing, replicas: list[Proc],
+def kill_test(args: argparse.Namespace, engine: str, routing: Routing, replicas: list[Proc],
               tokenizer: Path, workdir: Path) -> str:
-    engine = args.engines.split(",")[0]
+    """`engine` under cache_aware loses replica 1 mid-run; replica 1 is started again after."""
     router = start_router(engine, routing.model_copy(update={"policy": "cache_aware"}),
-                          replicas, workdir, tokenizer)
+                          replicas, workdir, tokenizer, args.breaker)
     try:
         turns, killed, down, start = asyncio.run(kill_run(router, replicas[1], args))
     finally:
         router.stop()
+    replicas[1] = restart(replicas[1])
     failed = [t for t in turns if not t.ok]
     in_flight = [t for t in failed if t.start < killed]
     marked = down if down is not None else killed + routing.health_check_interval_s + 1
     before_down = [t for t in failed if killed <= t.start < marked]
     after_down = [t for t in failed if t.start >= marked]
-    served_after = sum(1 for t in turns if t.ok and t.start >= marked)
+    sent_after = sum(1 for t in turns if t.start >= marked)
+    breaker = f", circuit breaker after {args.breaker}" if args.breaker else ""
     lines = [
         f"kill test ({engine}, cache_aware, health checks every "
-        f"{routing.health_check_interval_s:g} s): replica 1 killed {killed - start:.1f} s in, "
+        f"{routing.health_check_interval_s:g} s{breaker}): replica 1 killed "
+        f"{killed - start:.1f} s in, "
         + (f"marked down {down - killed:.1f} s later" if down is not None
            else "the router does not say when it marks it down: counted from "
                 f"{marked - killed:.1f} s after the kill"),
         f"  requests: {len(turns)}, failed {len(failed)}: {len(in_flight)} in flight at the "
         f"kill, {len(before_down)} sent before it was marked down, {len(after_down)} after "
-        f"(of {served_after + len(after_down)} sent after)",
+        f"(of {sent_after} sent after)",
     ]
-    for t in failed[:5]:
-        lines.append(f"    failed at {t.start - killed:+.2f} s: {t.error}")
+    for t in failed[:6]:
+        lines.append(f"    failed, sent at {t.start - killed:+.2f} s: {t.error}")
     return "\n".join(lines)
 
 
@@ -191,7 +194,9 @@ def main() -> int:
     p.add_argument("--balance-abs-threshold", type=int)
     p.add_argument("--balance-rel-threshold", type=float)
     p.add_argument("--health-check-interval", type=float)
-    p.add_argument("--kill", action="store_true", help="then the kill test")
+    p.add_argument("--kill", action="store_true", help="then the kill test, for each engine")
+    p.add_argument("--breaker", type=int,
+                   help="routers' circuit breaker: failures before a worker is skipped")
     p.add_argument("--kill-after", type=float, default=20.0, help="seconds into the kill run")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -214,7 +219,8 @@ def main() -> int:
         try:
             warm(replicas, args.model)
             results = run_variants(args, routing, replicas, model_path, workdir)
-            kill = kill_test(args, routing, replicas, model_path, workdir) if args.kill else ""
+            kill = "\n".join(kill_test(args, engine, routing, replicas, model_path, workdir)
+                             for engine in args.engines.split(",")) if args.kill else ""
         finally:
             for proc in replicas:
                 proc.stop()

@@ -37,6 +37,8 @@ class Proc:
     process: subprocess.Popen
     url: str
     log: Path
+    argv: list[str]
+    env: dict[str, str]
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -57,10 +59,18 @@ class Proc:
 
 
 def spawn(name: str, argv: list[str], env: dict[str, str], url: str, log: Path) -> Proc:
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    return Proc(name, process, url, log)
+    return Proc(name, process, url, log, argv, env)
+
+
+def restart(proc: Proc) -> Proc:
+    """The same command again, on the same port, once `proc` is gone; waits until healthy."""
+    proc.stop()
+    new = spawn(proc.name, proc.argv, proc.env, proc.url, proc.log)
+    wait_healthy([new])
+    return new
 
 
 def wait_healthy(procs: list[Proc], path: str = "/health", timeout_s: float = 300) -> None:
@@ -119,7 +129,7 @@ def start_replicas(config: Config, worker: str, count: int, workdir: Path,
 
 
 def router_argv(engine: str, routing: Routing, workers: list[str], port: int,
-                tokenizer: Path | None = None) -> list[str]:
+                tokenizer: Path | None = None, breaker: int | None = None) -> list[str]:
     """The pool router's command line for `routing`, in front of `workers`.
 
     Both routers take the same policy and threshold flags; their health checks default to one
@@ -143,13 +153,15 @@ def router_argv(engine: str, routing: Routing, workers: list[str], port: int,
             "--log-level", "warning" if engine == "vllm-router" else "warn"]
     if engine == "smg" and tokenizer is not None:
         argv += ["--model-path", str(tokenizer)]
+    if breaker is not None:  # failures before a worker is skipped, health checks or not
+        argv += ["--cb-failure-threshold", str(breaker)]
     return argv
 
 
 def start_router(engine: str, routing: Routing, replicas: list[Proc], workdir: Path,
-                 tokenizer: Path | None = None) -> Proc:
+                 tokenizer: Path | None = None, breaker: int | None = None) -> Proc:
     port = free_port()
-    argv = router_argv(engine, routing, [r.url for r in replicas], port, tokenizer)
+    argv = router_argv(engine, routing, [r.url for r in replicas], port, tokenizer, breaker)
     tag = f"{engine}-{routing.policy}"
     proc = spawn(tag, argv, {}, f"http://127.0.0.1:{port}", workdir / f"router-{tag}.log")
     try:

@@ -40,11 +40,12 @@ _VOCABULARY = (
     "team template ticket timeline token total tracker transfer trial update upload user "
     "value vendor version volume warehouse warranty window workflow")
 WORDS = _VOCABULARY.split()
+TOKENS_A_WORD = 1.1  # measured: SmolLM2's tokenizer on text(), 1154 words gave 1275 tokens
 
 
 def text(rng: random.Random, words: int) -> str:
     """`words` seeded words as sentences of 8-16: distinct text that tokenises predictably
-    (~1.3 tokens a word with SmolLM2's tokenizer)."""
+    (TOKENS_A_WORD with SmolLM2's tokenizer)."""
     out, left = [], words
     while left > 0:
         n = min(left, rng.randint(8, 16))
@@ -75,7 +76,7 @@ def build_workload(*, prompts: int, prompt_tokens: int, users: int, conversation
     other), in a seeded order; the same seed gives every variant the same words."""
     rng = random.Random(seed)
     system = [f"[{nonce}] You are assistant {i} of the operations desk. Follow these rules. "
-              + text(rng, round(prompt_tokens / 1.3)) for i in range(prompts)]
+              + text(rng, round(prompt_tokens / TOKENS_A_WORD)) for i in range(prompts)]
     slots = [i % prompts for i in range(users * conversations)]
     rng.shuffle(slots)
     plan = [[(slots[u * conversations + c],
