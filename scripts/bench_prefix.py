@@ -12,8 +12,8 @@ counted apart for those in flight when it died, those sent before the router mar
 and those after (which should be none).
 
     python scripts/bench_prefix.py -c configs/cpu.yaml --rounds 2 --kill
-    python scripts/bench_prefix.py -c configs/cpu.yaml --engines smg --policies cache_aware \\
-        --cache-threshold 0.3                        # one variant, other thresholds
+    python scripts/bench_prefix.py -c configs/cpu.yaml \\
+        --variant default=smg:cache_aware --variant abs4=smg:cache_aware:balance_abs_threshold=4
     python scripts/bench_prefix.py --url http://127.0.0.1:30000 \\
         --replica-url http://127.0.0.1:8101 --replica-url http://127.0.0.1:8102   # a pool up
 
@@ -70,28 +70,45 @@ def warm(replicas: list[Proc], model: str) -> None:
             "messages": [{"role": "user", "content": "Say hello."}]}).raise_for_status()
 
 
-def run_variants(args: argparse.Namespace, routing: Routing, replicas: list[Proc],
+Variant = tuple[str, str, Routing]  # label, engine, routing
+
+
+def parse_variants(args: argparse.Namespace, routing: Routing) -> list[Variant]:
+    """--engines x --policies, or the --variant specs: `NAME=ENGINE:POLICY[:FIELD=V,...]`
+    with `Routing` fields, e.g. `abs4=vllm-router:cache_aware:balance_abs_threshold=4`."""
+    if not args.variant:
+        return [(f"{e} {p}", e, routing.model_copy(update={"engine": e, "policy": p}))
+                for e in args.engines.split(",") for p in args.policies.split(",")]
+    out = []
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        engine, policy, *fields = rest.split(":")
+        pairs = [f.split("=", 1) for f in ",".join(fields).split(",") if f]
+        update = {"engine": engine, "policy": policy, **dict(pairs)}
+        out.append((name, engine, Routing.model_validate({**routing.model_dump(), **update})))
+    return out
+
+
+def run_variants(args: argparse.Namespace, variants: list[Variant], replicas: list[Proc],
                  tokenizer: Path, workdir: Path) -> list[Summary]:
-    variants = [(e, p) for e in args.engines.split(",") for p in args.policies.split(",")]
-    merged: dict[tuple[str, str], Summary] = {}
+    merged: dict[str, Summary] = {}
     urls = [r.url for r in replicas]
     for round_ in range(args.rounds):
-        for engine, policy in variants if round_ % 2 == 0 else variants[::-1]:
-            router = start_router(engine, routing.model_copy(update={"policy": policy}),
-                                  replicas, workdir, tokenizer)
+        for label, engine, routing in variants if round_ % 2 == 0 else variants[::-1]:
+            router = start_router(engine, routing, replicas, workdir, tokenizer)
             try:
-                s = measure(f"{engine} {policy}", router.url, urls, args)
+                s = measure(label, router.url, urls, args)
             finally:
                 router.stop()
             print(f"  round {round_ + 1} {s.label}: hit {s.vllm_hit_rate:.3f} (usage "
                   f"{s.usage_hit_rate:.3f}), TTFT p50 {s.ttft(50) * 1e3:.0f} ms, "
                   f"{s.tps:.1f} tok/s, per replica {s.per_replica}, failed {s.failed}, "
                   f"{s.seconds:.0f} s", file=sys.stderr)
-            if (engine, policy) in merged:
-                merged[engine, policy].merge(s)
+            if label in merged:
+                merged[label].merge(s)
             else:
-                merged[engine, policy] = s
-    return [merged[v] for v in variants]
+                merged[label] = s
+    return [merged[label] for label, _, _ in variants]
 
 
 def router_lists(router_url: str, replica_url: str) -> bool | None:
@@ -182,6 +199,10 @@ def main() -> int:
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--engines", default="vllm-router,smg")
     p.add_argument("--policies", default="cache_aware,round_robin")
+    p.add_argument("--variant", action="append", default=[],
+                   metavar="NAME=ENGINE:POLICY[:FIELD=V,...]",
+                   help="instead of --engines x --policies: a router and its routing fields "
+                   "(repeatable), e.g. abs4=smg:cache_aware:balance_abs_threshold=4")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant")
     p.add_argument("--prompts", type=int, default=4, help="shared system prompts")
     p.add_argument("--prompt-tokens", type=int, default=1500, help="about, per system prompt")
@@ -218,7 +239,8 @@ def main() -> int:
         replicas, model_path = start_replicas(config, args.worker, args.replicas, workdir)
         try:
             warm(replicas, args.model)
-            results = run_variants(args, routing, replicas, model_path, workdir)
+            results = run_variants(args, parse_variants(args, routing), replicas, model_path,
+                                   workdir)
             kill = "\n".join(kill_test(args, engine, routing, replicas, model_path, workdir)
                              for engine in args.engines.split(",")) if args.kill else ""
         finally:
@@ -233,6 +255,12 @@ def main() -> int:
     print()
     print(bars([(s.label, s.vllm_hit_rate) for s in results], "hit rate (vLLM)", fmt=".3f"))
     print(bars([(s.label, s.ttft(50) * 1e3) for s in results], "ms TTFT p50", fmt=".0f"))
+    for s in results[1:] if args.variant else []:
+        base = results[0]
+        print(f"{s.label}/{base.label}: hit rate {s.vllm_hit_rate / base.vllm_hit_rate:.2f}x, "
+              f"TTFT p50 {s.ttft(50) / base.ttft(50):.2f}x, output tok/s "
+              f"{s.tps / base.tps:.2f}x, busiest/idlest replica {s.imbalance:.2f} "
+              f"({base.imbalance:.2f})")
     for engine in args.engines.split(","):
         ca, rr = (next((s for s in results if s.label == f"{engine} {p}"), None)
                   for p in ("cache_aware", "round_robin"))
