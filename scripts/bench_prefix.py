@@ -221,6 +221,8 @@ def main() -> int:
     p.add_argument("--kill-after", type=float, default=20.0, help="seconds into the kill run")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    # SIGTERM (a background run stopped) unwinds like Ctrl-C, so the replicas are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if args.url:
         results = [measure("pool", args.url, args.replica_url, args, args.key)]
