@@ -73,7 +73,7 @@ def restart(proc: Proc) -> Proc:
     return new
 
 
-def wait_healthy(procs: list[Proc], path: str = "/health", timeout_s: float = 300) -> None:
+def wait_healthy(procs: list[Proc], path: str = "/health", timeout_s: float = 600) -> None:
     """Until every process answers `path` with 200; a process that exits fails at once."""
     deadline = time.monotonic() + timeout_s
     pending = list(procs)
