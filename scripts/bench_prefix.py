@@ -18,7 +18,10 @@ and those after (which should be none).
         --replica-url http://127.0.0.1:8101 --replica-url http://127.0.0.1:8102   # a pool up
 
 Routing thresholds default to `workers.chat.routing` in the config (what `serving up` would
-use); the flags override them.
+use); the flags override them. Through the product itself, once `serving up` starts
+`workers.chat.replicas`, a variant is `harness.start_background_stack` with an overlay setting
+`replicas: 2` and `routing`, then `measure(label, stack.base_url, <replica URLs from the
+runtime file>, args, stack.key)`: the usage then carries the router's `cache_read_input_tokens`.
 """
 
 from __future__ import annotations
