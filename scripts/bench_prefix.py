@@ -73,14 +73,14 @@ def warm(replicas: list[Proc], model: str) -> None:
             "messages": [{"role": "user", "content": "Say hello."}]}).raise_for_status()
 
 
-Variant = tuple[str, str, Routing]  # label, engine, routing
+Variant = tuple[str, Routing]  # label, routing (with its engine)
 
 
 def parse_variants(args: argparse.Namespace, routing: Routing) -> list[Variant]:
     """--engines x --policies, or the --variant specs: `NAME=ENGINE:POLICY[:FIELD=V,...]`
     with `Routing` fields, e.g. `abs4=vllm-router:cache_aware:balance_abs_threshold=4`."""
     if not args.variant:
-        return [(f"{e} {p}", e, routing.model_copy(update={"engine": e, "policy": p}))
+        return [(f"{e} {p}", routing.model_copy(update={"engine": e, "policy": p}))
                 for e in args.engines.split(",") for p in args.policies.split(",")]
     out = []
     for spec in args.variant:
@@ -88,7 +88,7 @@ def parse_variants(args: argparse.Namespace, routing: Routing) -> list[Variant]:
         engine, policy, *fields = rest.split(":")
         pairs = [f.split("=", 1) for f in ",".join(fields).split(",") if f]
         update = {"engine": engine, "policy": policy, **dict(pairs)}
-        out.append((name, engine, Routing.model_validate({**routing.model_dump(), **update})))
+        out.append((name, Routing.model_validate({**routing.model_dump(), **update})))
     return out
 
 
@@ -97,8 +97,8 @@ def run_variants(args: argparse.Namespace, variants: list[Variant], replicas: li
     merged: dict[str, Summary] = {}
     urls = [r.url for r in replicas]
     for round_ in range(args.rounds):
-        for label, engine, routing in variants if round_ % 2 == 0 else variants[::-1]:
-            router = start_router(engine, routing, replicas, workdir, tokenizer)
+        for label, routing in variants if round_ % 2 == 0 else variants[::-1]:
+            router = start_router(routing, replicas, workdir, tokenizer)
             try:
                 s = measure(label, router.url, urls, args)
             finally:
@@ -111,7 +111,7 @@ def run_variants(args: argparse.Namespace, variants: list[Variant], replicas: li
                 merged[label].merge(s)
             else:
                 merged[label] = s
-    return [merged[label] for label, _, _ in variants]
+    return [merged[label] for label, _ in variants]
 
 
 def router_lists(router_url: str, replica_url: str) -> bool | None:
@@ -159,7 +159,7 @@ async def kill_run(router: Proc, victim: Proc, args: argparse.Namespace,
 def kill_test(args: argparse.Namespace, engine: str, routing: Routing, replicas: list[Proc],
               tokenizer: Path, workdir: Path) -> str:
     """`engine` under cache_aware loses replica 1 mid-run; replica 1 is started again after."""
-    router = start_router(engine, routing.model_copy(update={"policy": "cache_aware"}),
+    router = start_router(routing.model_copy(update={"engine": engine, "policy": "cache_aware"}),
                           replicas, workdir, tokenizer, args.breaker)
     try:
         turns, killed, down, start = asyncio.run(kill_run(router, replicas[1], args))

@@ -75,9 +75,9 @@ def test_summary_rates_and_balance():
 
 @pytest.mark.parametrize("engine", ["vllm-router", "smg"])
 def test_router_argv_carries_the_routing_config(engine: str):
-    routing = Routing(policy="round_robin", cache_threshold=0.3, balance_abs_threshold=4,
-                      health_check_interval_s=2)
-    argv = router_argv(engine, routing, ["http://a", "http://b"], 9000, Path("/m"), breaker=2)
+    routing = Routing(engine=engine, policy="round_robin", cache_threshold=0.3,
+                      balance_abs_threshold=4, health_check_interval_s=2)
+    argv = router_argv(routing, ["http://a", "http://b"], 9000, Path("/m"), breaker=2)
     joined = " ".join(argv)
     assert "--worker-urls http://a http://b" in joined
     assert "--policy round_robin" in joined and "--cache-threshold 0.3" in joined
