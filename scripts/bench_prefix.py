@@ -18,22 +18,25 @@ and those after (which should be none).
         --replica-url http://127.0.0.1:8101 --replica-url http://127.0.0.1:8102   # a pool up
 
 Routing thresholds default to `workers.chat.routing` in the config (what `serving up` would
-use); the flags override them. Through the product itself, once `serving up` starts
-`workers.chat.replicas`, a variant is `harness.start_background_stack` with an overlay setting
-`replicas: 2` and `routing`, then `measure(label, stack.base_url, <replica URLs from the
-runtime file>, args, stack.key)`: the usage then carries the router's `cache_read_input_tokens`.
+use); the flags override them. `--stack` measures through the product instead: each variant
+is `serving up` with the chat worker alone, `replicas` and the variant's `routing` (the usage
+then carries the router's `cache_read_input_tokens`; no kill test, the supervisor would restart
+the replica).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -41,7 +44,7 @@ from bench_chat import bars  # scripts/ is on the path when a script runs
 from chat_pool import Proc, restart, start_replicas, start_router
 from prefix_load import Summary, Turn, Workload, build_workload, delta, run_workload, scrape, table
 
-from serving.config import load_config
+from serving.config import Config, load_config
 from serving.config.deployment import Routing
 
 
@@ -92,17 +95,55 @@ def parse_variants(args: argparse.Namespace, routing: Routing) -> list[Variant]:
     return out
 
 
-def run_variants(args: argparse.Namespace, variants: list[Variant], replicas: list[Proc],
-                 tokenizer: Path, workdir: Path) -> list[Summary]:
+Pool = Callable[[str, Routing], AbstractContextManager[tuple[str, list[str], str]]]
+
+
+def local_pool(replicas: list[Proc], tokenizer: Path, workdir: Path) -> Pool:
+    """Variants as pool routers started here in front of the bench's own replicas."""
+
+    @contextlib.contextmanager
+    def pool(label: str, routing: Routing) -> Iterator[tuple[str, list[str], str]]:
+        router = start_router(routing, replicas, workdir, tokenizer)
+        try:
+            yield router.url, [r.url for r in replicas], ""
+        finally:
+            router.stop()
+
+    return pool
+
+
+def stack_pool(args: argparse.Namespace, configs: list[Path], workdir: Path) -> Pool:
+    """Variants through `serving up` itself: the chat worker alone, with `replicas` and the
+    variant's routing; the usage then carries the router's `cache_read_input_tokens`."""
+    from harness import start_background_stack
+
+    workers = load_config(configs).workers
+
+    @contextlib.contextmanager
+    def pool(label: str, routing: Routing) -> Iterator[tuple[str, list[str], str]]:
+        here = workdir / label.replace(" ", "-")
+        here.mkdir(parents=True, exist_ok=True)
+        chat = {"replicas": args.replicas, "routing": routing.model_dump(exclude={"port"})}
+        overlay = {"workers": {**{n: {"enabled": False} for n in workers if n != args.worker},
+                               args.worker: chat}}
+        (here / "pool.yaml").write_text(json.dumps(overlay))
+        stack = start_background_stack([*configs, here / "pool.yaml"], here)
+        try:
+            replicas = stack.runtime["workers"][args.worker]["replicas"]
+            yield stack.base_url, [r["url"] for r in replicas], stack.key
+        finally:
+            stack.stop()
+
+    return pool
+
+
+def run_variants(args: argparse.Namespace, variants: list[Variant], pool: Pool,
+                 ) -> list[Summary]:
     merged: dict[str, Summary] = {}
-    urls = [r.url for r in replicas]
     for round_ in range(args.rounds):
         for label, routing in variants if round_ % 2 == 0 else variants[::-1]:
-            router = start_router(routing, replicas, workdir, tokenizer)
-            try:
-                s = measure(label, router.url, urls, args)
-            finally:
-                router.stop()
+            with pool(label, routing) as (url, replicas, key):
+                s = measure(label, url, replicas, args, key)
             print(f"  round {round_ + 1} {s.label}: hit {s.vllm_hit_rate:.3f} (usage "
                   f"{s.usage_hit_rate:.3f}), TTFT p50 {s.ttft(50) * 1e3:.0f} ms, "
                   f"{s.tps:.1f} tok/s, per replica {s.per_replica}, failed {s.failed}, "
@@ -189,6 +230,21 @@ def kill_test(args: argparse.Namespace, engine: str, routing: Routing, replicas:
     return "\n".join(lines)
 
 
+def run_local(args: argparse.Namespace, config: Config, variants: list[Variant],
+              routing: Routing, workdir: Path) -> tuple[list[Summary], str]:
+    """The variants on replicas started here, then the kill tests: results and their report."""
+    replicas, model_path = start_replicas(config, args.worker, args.replicas, workdir)
+    try:
+        warm(replicas, args.model)
+        results = run_variants(args, variants, local_pool(replicas, model_path, workdir))
+        kill = "\n".join(kill_test(args, engine, routing, replicas, model_path, workdir)
+                         for engine in args.engines.split(",")) if args.kill else ""
+    finally:
+        for proc in replicas:
+            proc.stop()
+    return results, kill
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", action="append", type=Path,
@@ -218,6 +274,8 @@ def main() -> int:
     p.add_argument("--balance-abs-threshold", type=int)
     p.add_argument("--balance-rel-threshold", type=float)
     p.add_argument("--health-check-interval", type=float)
+    p.add_argument("--stack", action="store_true",
+                   help="each variant through `serving up` with `replicas` (no kill test)")
     p.add_argument("--kill", action="store_true", help="then the kill test, for each engine")
     p.add_argument("--breaker", type=int,
                    help="routers' circuit breaker: failures before a worker is skipped")
@@ -231,7 +289,8 @@ def main() -> int:
         results = [measure("pool", args.url, args.replica_url, args, args.key)]
         kill = ""
     else:
-        config = load_config(args.config or [Path(__file__).parents[1] / "configs/cpu.yaml"])
+        configs = args.config or [Path(__file__).parents[1] / "configs/cpu.yaml"]
+        config = load_config(configs)
         overrides = {k: v for k, v in {
             "cache_threshold": args.cache_threshold,
             "balance_abs_threshold": args.balance_abs_threshold,
@@ -240,17 +299,12 @@ def main() -> int:
         routing = config.workers[args.worker].routing.model_copy(update=overrides)
         print(f"routing: {routing}", file=sys.stderr)
         workdir = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
-        print(f"starting {args.replicas} replicas (logs in {workdir})...", file=sys.stderr)
-        replicas, model_path = start_replicas(config, args.worker, args.replicas, workdir)
-        try:
-            warm(replicas, args.model)
-            results = run_variants(args, parse_variants(args, routing), replicas, model_path,
-                                   workdir)
-            kill = "\n".join(kill_test(args, engine, routing, replicas, model_path, workdir)
-                             for engine in args.engines.split(",")) if args.kill else ""
-        finally:
-            for proc in replicas:
-                proc.stop()
+        print(f"{args.replicas} replicas, logs in {workdir}", file=sys.stderr)
+        variants = parse_variants(args, routing)
+        if args.stack:
+            results, kill = run_variants(args, variants, stack_pool(args, configs, workdir)), ""
+        else:
+            results, kill = run_local(args, config, variants, routing, workdir)
 
     w = workload(args)
     print(f"workload: {args.prompts} system prompts of ~{args.prompt_tokens} tokens, "
