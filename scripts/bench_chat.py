@@ -167,12 +167,13 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
-def bar_chart(rows: list[tuple[str, float]], unit: str, width: int = 50) -> str:
+def bar_chart(rows: list[tuple[str, float]], unit: str, width: int = 50,
+              fmt: str = ".1f") -> str:
     """A text bar per (label, value), scaled to the largest: the benchmarks' plots."""
     top = max((value for _, value in rows), default=0) or 1
     pad = max((len(label) for label, _ in rows), default=0)
     return "\n".join(f"{label:>{pad}} {'#' * round(width * value / top):<{width}} "
-                     f"{value:.1f} {unit}" for label, value in rows)
+                     f"{value:{fmt}} {unit}" for label, value in rows)
 
 
 def plot(results: list[Result], width: int = 50) -> str:
