@@ -19,6 +19,19 @@ from pathlib import Path
 from serving.launcher.supervisor import free_port
 
 
+def terminate(process: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM, then the exit code; a process that does not stop in time is killed (and the
+    timeout raised)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return process.returncode
+
+
 @dataclass
 class BackgroundStack:
     process: subprocess.Popen
@@ -41,14 +54,7 @@ class BackgroundStack:
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, as a service manager would; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                raise
-        return self.process.returncode
+        return terminate(self.process, timeout_s)
 
 
 def start_background_stack(
@@ -103,14 +109,8 @@ class BackgroundRouter:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                raise
-        return self.process.returncode
+        """SIGTERM; returns the exit code."""
+        return terminate(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL, as a crashed node would die: no shutdown code runs."""
