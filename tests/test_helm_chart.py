@@ -28,6 +28,7 @@ from serving.config.catalog import Modality
 from serving.config.deployment import Config, RouterConfig, Routing, WorkerConfig
 from serving.config.loader import deep_merge
 from serving.config.plan import check_plan, memory_plan
+from serving.launcher.vllm import vllm_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "serving"
@@ -163,6 +164,14 @@ def test_the_config_map_holds_a_config_the_project_loads(
     assert config.router.host == "0.0.0.0" and config.router.port == 8000
 
 
+def on_this_node(config: Config, names: list[str] | None = None) -> Config:
+    """`config` as the node that runs its workers' pods sees them: the chart points every
+    worker at its Service (`endpoints`), which the memory plan counts as elsewhere."""
+    return config.model_copy(update={"workers": {
+        name: worker.model_copy(update={"endpoints": []})
+        for name, worker in config.workers.items() if names is None or name in names}})
+
+
 def test_single_node_mirrors_the_h100_config_and_its_memory_plan_fits(tmp_path: Path):
     manifests = render("values-single-node.yaml")
     config = load_config([rendered_config(manifests, tmp_path)])
@@ -173,7 +182,7 @@ def test_single_node_mirrors_the_h100_config_and_its_memory_plan_fits(tmp_path: 
         theirs = h100.workers[name]
         for field in ("model", "engine_args", "gpus", "env", "max_in_flight"):
             assert getattr(worker, field) == getattr(theirs, field), (name, field)
-    plans = memory_plan(config, devices=[])
+    plans = memory_plan(on_this_node(config), devices=[])
     check_plan(plans)
     assert {row.worker for plan in plans for row in plan.rows} == {
         "chat", "images", "videos", "transcription"}
@@ -183,9 +192,8 @@ def test_fleet_each_gpu_worker_fits_the_gpu_of_its_own(tmp_path: Path):
     """In the fleet every worker pod has a GPU to itself: plan each worker alone."""
     config = load_config([rendered_config(render("values-fleet.yaml"), tmp_path)])
     on_gpu = set()
-    for name, worker in config.workers.items():
-        alone = config.model_copy(update={"workers": {name: worker}})
-        plans = memory_plan(alone, devices=[])
+    for name in config.workers:
+        plans = memory_plan(on_this_node(config, [name]), devices=[])
         check_plan(plans)
         on_gpu |= {row.worker for plan in plans for row in plan.rows}
     assert on_gpu == {"chat", "images", "videos", "transcription"}
@@ -303,6 +311,12 @@ def test_fleet_runs_a_chat_pool_behind_its_pool_router(tmp_path: Path):
     assert config.workers["chat"].endpoints == [f"http://serving-pool-chat.{NAMESPACE}.svc:8000"]
     assert config.workers["images"].endpoints == [
         f"http://serving-worker-images.{NAMESPACE}.svc:8000"]
+    # The pool router's cache_aware policy tokenises through vLLM's render endpoints, which
+    # the chat replicas serve only with --enable-scale-out; `serving worker chat` passes it on.
+    assert config.workers["chat"].args.extra_args.count("--enable-scale-out") == 1
+    spec = vllm_worker("chat", config.workers["chat"], config, Path("/models/chat"))
+    assert "--enable-scale-out" in spec.argv
+    assert "--enable-scale-out" not in config.workers["images"].engine_args.get("extra_args", [])
     # Media workers get no pool router.
     assert names(manifests, "Deployment") == {
         "serving-router", "serving-pool-chat", *(f"serving-worker-{n}" for n in (
