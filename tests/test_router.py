@@ -354,6 +354,10 @@ def test_responses_requests_are_checked_before_the_worker(tmp_path: Path):
         ({"input": "hi", "tool_choice": "required"}, None, "invalid_value"),
         ({"input": "hi", "temperature": 3}, "temperature", "invalid_value"),
         ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]", "invalid_value"),
+        ({"input": [{"type": [], "role": "user", "content": "x"}]}, "input[0]",
+         "invalid_value"),  # found by the fuzz test: a 500 before
+        ({"input": [{"role": "user", "content": [{"type": {}, "text": "x"}]}]},
+         "input[0].content[0]", "invalid_value"),
         ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "x",
                                                    "extra": 1}]}]},
          "input[0].content[0].extra", "unknown_parameter"),

@@ -84,9 +84,9 @@ def _by_type(*models: type[_Strict], default: str | None = None) -> Any:
     allowed = ", ".join(f"'{t}'" for t in names)
 
     def kind(value: Any) -> str | None:
-        if isinstance(value, dict):
-            return names.get(value.get("type", default))
-        return names.get(getattr(value, "type", None))
+        found = value.get("type", default) if isinstance(value, dict) else getattr(
+            value, "type", None)
+        return names.get(found) if isinstance(found, str) else None  # `[]` is a 400 too
 
     return Annotated[
         Union[tuple(Annotated[m, Tag(m.__name__)] for m in models)],  # noqa: UP007
