@@ -229,13 +229,13 @@ def test_the_health_loop_takes_a_failing_replica_out_and_back(servers):
                 assert (await worker.send("/x", {})).json() == {"replica": "a"}
             assert b.posts == 0
             assert await worker.probe() == {"images/0": True, "images/1": False}
-            assert await worker.healthy()  # a pool serves while one replica is up
+            assert worker.serves(await worker.probe())  # a pool serves while one replica is up
             b.healthy = True
             await wait_for(lambda: worker.replicas[1].up, "replica 1 to come back")
             a.healthy = False
             assert await worker.probe() == {"images/0": False, "images/1": True}
             a.healthy = b.healthy = False
-            assert not await worker.healthy()
+            assert not worker.serves(await worker.probe())
         finally:
             await worker.aclose()
 
@@ -256,7 +256,7 @@ def test_a_chat_pool_is_reached_through_its_pool_router(servers):
             r0.healthy = False
             assert await worker.probe() == {"chat/0": False, "chat/1": True,
                                             "chat/router": True}
-            assert await worker.healthy()
+            assert worker.serves(await worker.probe())
         finally:
             await worker.aclose()
 

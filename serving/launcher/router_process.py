@@ -167,8 +167,10 @@ async def follow_runtime_file(app: FastAPI, path: Path) -> None:
                     worker.follow(urls[name])
 
 
-async def run_router_processes(specs: list[WorkerSpec]) -> list[Supervisor]:
-    """Start the extra router processes and wait until each serves."""
-    supervisors = [Supervisor(spec) for spec in specs]
-    await asyncio.gather(*(s.start() for s in supervisors))
-    return supervisors
+async def start_extra_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None:
+    """Start the extra router processes one by one, each supervised (in `out`, which the
+    caller stops) from its start on."""
+    for spec in specs:
+        router = Supervisor(spec)
+        out.append(router)
+        await router.start()

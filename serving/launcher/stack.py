@@ -26,7 +26,12 @@ from serving.launcher.pools import (
     replica_name,
     replica_specs,
 )
-from serving.launcher.router_process import bind, extra_router_specs, serve
+from serving.launcher.router_process import (
+    bind,
+    extra_router_specs,
+    serve,
+    start_extra_routers,
+)
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec
 from serving.launcher.vllm import vllm_worker
 from serving.router.app import create_app
@@ -162,7 +167,7 @@ async def run_stack(
             if processes > 1:
                 others = extra_router_specs(config_files, runtime_file, host,
                                             sock.getsockname()[1], processes)
-                routers_task.append(asyncio.create_task(_start_routers(others, routers)))
+                routers_task.append(asyncio.create_task(start_extra_routers(others, routers)))
             print(f"serving: ready on {url}/v1", flush=True)
 
         routers: list[Supervisor] = []
@@ -182,13 +187,6 @@ async def run_stack(
         if runtime_file is not None:
             runtime_file.unlink(missing_ok=True)
         log.info("stopped")
-
-
-async def _start_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None:
-    for spec in specs:
-        router = Supervisor(spec)
-        out.append(router)
-        await router.start()
 
 
 def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:

@@ -16,6 +16,7 @@ from serving.launcher.router_process import (
     extra_router_specs,
     follow_runtime_file,
     serve,
+    start_extra_routers,
     worker_urls,
 )
 from serving.launcher.supervisor import Supervisor
@@ -71,10 +72,9 @@ def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: 
 
         def started() -> None:
             if processes > 1:
-                for spec in extra_router_specs(list(config_files), workers_from, host, bound,
-                                               processes):
-                    routers.append(Supervisor(spec))
-                    tasks.append(asyncio.create_task(routers[-1].start()))
+                specs = extra_router_specs(list(config_files), workers_from, host, bound,
+                                           processes)
+                tasks.append(asyncio.create_task(start_extra_routers(specs, routers)))
             print(f"serving: router ready on http://{host}:{bound}/v1", flush=True)
 
         server = await serve(app, config, sock, started)

@@ -261,11 +261,6 @@ class Worker:
                 replica.in_flight -= 1
                 raise
 
-    async def healthy(self) -> bool:
-        """The worker can serve: its pool router (if any) answers, and a replica is up."""
-        states = await self.probe()
-        return self.serves(states)
-
     def serves(self, states: dict[str, bool]) -> bool:
         """From `probe`'s answer: the pool router (if any) is up, and a replica is."""
         states = dict(states)
