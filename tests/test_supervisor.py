@@ -109,14 +109,14 @@ def test_a_crashed_worker_comes_back_on_a_fresh_port_and_the_router_follows(tmp_
         worker = Worker("w", sup.url, Timeouts(), max_connections=4)
         sup.on_up.append(worker.move_to)
         try:
-            assert await worker.healthy()
+            assert worker.serves(await worker.probe())
             old_port, old_pid = sup.port, sup.process.pid
             os.killpg(old_pid, signal.SIGKILL)
             await wait_for(lambda: sup.restarts == 1 and sup.state == "up", "the restart")
             assert sup.port != old_port
             assert ports_used(tmp_path) == [old_port, sup.port]
             assert worker.base_url == sup.url
-            assert await worker.healthy()
+            assert worker.serves(await worker.probe())
         finally:
             await worker.aclose()
             await sup.stop()
