@@ -1,5 +1,9 @@
-"""Hands video jobs to their worker, one at a time per worker and replica, and records the
-outcome.
+"""Hands video jobs to their worker and records the outcome.
+
+A dispatcher renders as many jobs at once as its worker has replicas: each render goes to the
+replica with the fewest in flight, so a pool of N video replicas renders N jobs at once from
+one router. (A replica renders one job at a time; jobs that reach a busy one, from several
+router replicas, wait there with their leases renewed.)
 
 A job is never left stuck and a finished render never dropped:
 - a render that fails is marked failed with an error object;
@@ -52,7 +56,7 @@ class Dispatcher:
         self.config = config
         self.spool = spool  # finished renders wait here for the artifact store
         self._wakeup = asyncio.Event()
-        self._current: _Running | None = None
+        self._running: dict[str, _Running] = {}
         self._db_down = False
 
     def wake(self) -> None:
@@ -60,11 +64,18 @@ class Dispatcher:
 
     def cancel(self, job_id: str) -> None:
         """Stop working on `job_id` (it was deleted): the worker stops at its next step."""
-        if self._current and self._current.job.id == job_id:
-            self._current.lose()
+        if (running := self._running.get(job_id)) is not None:
+            running.lose()
 
     async def run(self) -> None:
+        """One claiming loop per replica of the worker."""
+        await asyncio.gather(*(self._slot() for _ in self.worker.replicas))
+
+    async def _slot(self) -> None:
         while True:
+            # Cleared before claiming, so that a job created meanwhile is either claimed now
+            # or wakes the wait below.
+            self._wakeup.clear()
             try:
                 job = await asyncio.to_thread(self.store.claim_next, self.model,
                                               self.config.max_attempts)
@@ -74,7 +85,6 @@ class Dispatcher:
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
             if job is None:
-                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
                 continue
@@ -96,7 +106,8 @@ class Dispatcher:
                               job.id)
 
     async def _run(self, job: Job) -> None:
-        running = self._current = _Running(job, asyncio.create_task(self._from_worker(job)))
+        running = self._running[job.id] = _Running(
+            job, asyncio.create_task(self._from_worker(job)))
         heartbeat = asyncio.create_task(self._heartbeat(running))
         try:
             # Returns when the render ends, also when it was stopped because the lease was
@@ -110,7 +121,7 @@ class Dispatcher:
             if (mp4 := running.render.result()) is not None:
                 await self._deliver(running, mp4)
         finally:
-            self._current = None
+            self._running.pop(job.id, None)
             heartbeat.cancel()
             running.render.cancel()
 
