@@ -116,7 +116,9 @@ def start_postgres(root: Path) -> Postgres:
             if parent == Path("/"):
                 break
             parent.chmod(parent.stat().st_mode | 0o011)
-        as_user = ["runuser", "-u", "postgres", "--"]
+        # runuser lives in /usr/sbin, which a non-login PATH may leave out.
+        runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+        as_user = [runuser or "runuser", "-u", "postgres", "--"]
     pg = Postgres(root, free_port(), postgres_bin(), as_user)
     result = subprocess.run(
         [*as_user, str(pg.bin / "initdb"), "-D", str(root / "data"), "-U", "postgres",
