@@ -18,12 +18,15 @@ import psutil
 import pytest
 from conftest import create_database, drop_database
 from harness import BackgroundStack, start_background_router, start_background_stack
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT
+from serving.launcher.supervisor import free_port
+from tests.conftest import CHAT_MODEL, ROOT
 
 pytestmark = pytest.mark.e2e
 
 CPU = ROOT / "configs" / "cpu.yaml"
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, postgres, redis_url: str
     overlay.write_text(f"""
 router:
   processes: 2
+  metrics_port: {METRICS_PORT}
   database: {database}
   rate_limit_store: {redis_url}
 workers:
@@ -76,9 +80,47 @@ def test_serving_up_runs_two_router_processes_on_its_port(shared):
     assert httpx.get(stack.base_url + "/ready", timeout=30).status_code == 200
 
 
+def chat_metrics(text: str) -> tuple[float, float]:
+    """Chat requests answered with 200, and chat requests in flight, in a /metrics text."""
+    answered = in_flight = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("endpoint", "").endswith("/chat/completions"):
+                if s.name == "serving_requests_total" and s.labels["status"] == "200":
+                    answered += s.value
+                elif s.name == "serving_requests_in_flight":
+                    in_flight += s.value
+    return answered, in_flight
+
+
+def test_either_router_process_answers_metrics_for_both(shared):
+    """20 chats on 20 new connections, which the kernel spreads over both processes (all on
+    one: a 2^-19 chance): the metrics port, which process 0 serves, and /metrics on the API
+    port, whichever process takes it, count all 20."""
+    stack, _ = shared
+    port = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    before, _ = chat_metrics(httpx.get(port, timeout=30).text)
+    chat = {"model": CHAT_MODEL, "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Say hi."}]}
+    for _ in range(20):
+        r = httpx.post(stack.v1 + "/chat/completions", json=chat, timeout=120,
+                       headers={"Authorization": f"Bearer {stack.key}"})
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30  # counted once the last byte went out
+    while (seen := chat_metrics(httpx.get(port, timeout=30).text)) != (before + 20, 0):
+        assert time.monotonic() < deadline, (before, seen)
+        time.sleep(0.2)
+    for _ in range(6):  # each on a new connection, to either process
+        r = httpx.get(stack.base_url + "/metrics", timeout=30,
+                      headers={"Authorization": f"Bearer {stack.admin_key}"})
+        assert chat_metrics(r.text) == (before + 20, 0)
+
+
 def test_load_over_two_routers_reconciles_with_the_shared_ledger(shared, tmp_path: Path):
     stack, overlay = shared
-    router_b = start_background_router([CPU, overlay], tmp_path / "b", stack=stack)
+    own_port = tmp_path / "b.yaml"
+    own_port.write_text("router: {metrics_port: null}\n")  # the stack has that one
+    router_b = start_background_router([CPU, overlay, own_port], tmp_path / "b", stack=stack)
     try:
         proc = subprocess.run(
             [sys.executable, "scripts/load.py", "--short", "--base-url",

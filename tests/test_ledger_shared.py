@@ -33,7 +33,7 @@ from test_ledger import (
 from serving.config import load_config
 from serving.config.deployment import LedgerConfig
 from serving.ledger import Ledger, UsageRecord
-from serving.ledger.metrics import LedgerCollector
+from serving.ledger.metrics import LedgerMetrics
 from serving.router.app import create_app
 from serving.router.keys import keys_from_env, principals
 
@@ -82,7 +82,7 @@ def pg_url(pg: local_servers.Postgres) -> Iterator[str]:
 def metric(ledger: Ledger, name: str) -> float:
     """A sample of the ledger's metrics, as /metrics exposes them."""
     registry = CollectorRegistry()
-    registry.register(LedgerCollector(ledger))
+    LedgerMetrics(ledger, registry).publish()
     for line in generate_latest(registry).decode().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])

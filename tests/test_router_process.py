@@ -76,13 +76,16 @@ def test_a_worker_with_no_url_is_named(tmp_path: Path):
 
 def test_extra_router_processes_load_the_same_files_on_the_same_port(tmp_path: Path):
     files = [CPU, tmp_path / "o.yaml"]
-    specs = extra_router_specs(files, tmp_path / "rt.json", "0.0.0.0", 8000, 3)
+    specs = extra_router_specs(files, tmp_path / "rt.json", "0.0.0.0", 8000, 3,
+                               tmp_path / "metrics")
     assert [s.name for s in specs] == ["router/1", "router/2"]
     argv = specs[0].command(8000)
     assert argv[argv.index("router") + 1:].count("-c") == 2
     assert argv[-2:] == ["--port", "8000"]
     assert "--reuse-port" in argv and "--single-process" in argv
     assert argv[argv.index("--workers-from") + 1] == str(tmp_path / "rt.json")
+    # They keep their metrics with process 0's, which a scrape of any of them reads.
+    assert specs[0].env == {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
 
 
 def test_reuse_port_lets_processes_share_a_port():

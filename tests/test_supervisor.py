@@ -28,6 +28,8 @@ import os, sys
 folder, port = sys.argv[1], sys.argv[sys.argv.index("--port") + 1]
 with open(os.path.join(folder, "ports"), "a") as f:
     f.write(port + "\\n")
+with open(os.path.join(folder, "metrics-folder"), "w") as f:
+    f.write(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "-"))
 flag = os.path.join(folder, "fail-once")
 if os.path.exists(flag):
     os.remove(flag)
@@ -133,3 +135,21 @@ def test_a_worker_that_keeps_dying_reports_its_first_error():
     message = str(failed.value)
     assert "exit code 2, attempt 3" in message
     assert "ValueError: no such model" in message
+
+
+@pytest.mark.parametrize("given", [{}, {"PROMETHEUS_MULTIPROC_DIR": "/routers"}])
+def test_the_routers_metrics_folder_reaches_only_the_processes_given_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, str]):
+    """Router process 0 keeps its metrics in a folder named in its environment; a worker
+    (vLLM) that inherited it would write its own metrics there."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/routers")
+    spec = server_spec(tmp_path)
+    spec.env.update(given)
+    sup = Supervisor(spec)
+
+    async def run() -> None:
+        await sup.start()
+        await sup.stop()
+
+    asyncio.run(run())
+    assert (tmp_path / "metrics-folder").read_text() == given.get("PROMETHEUS_MULTIPROC_DIR", "-")

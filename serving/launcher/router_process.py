@@ -29,6 +29,7 @@ from serving.launcher.pools import has_pool_router
 from serving.launcher.supervisor import Supervisor, WorkerSpec
 from serving.router.admin import metrics_only_app
 from serving.router.dependencies import services_of
+from serving.router.metrics import SHARED_METRICS_ENV
 from serving.router.workers import Endpoints
 
 log = logging.getLogger("serving.launcher")
@@ -49,21 +50,25 @@ def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def router_servers(app: FastAPI, config: Config) -> tuple[uvicorn.Server, uvicorn.Server | None]:
-    """The API server and, with `router.metrics_port`, the key-less metrics server."""
+def router_servers(app: FastAPI, config: Config, metrics_port: bool = True
+                   ) -> tuple[uvicorn.Server, uvicorn.Server | None]:
+    """The API server and, with `router.metrics_port` (and `metrics_port`: router process 0
+    serves it, for all of them), the key-less metrics server."""
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, server_header=False,
         timeout_graceful_shutdown=config.router.shutdown_grace_s))
-    metrics = None if config.router.metrics_port is None else uvicorn.Server(uvicorn.Config(
-        metrics_only_app(app), host=config.router.host, port=config.router.metrics_port,
-        log_config=None, access_log=False, server_header=False))
+    metrics = None
+    if config.router.metrics_port is not None and metrics_port:
+        metrics = uvicorn.Server(uvicorn.Config(
+            metrics_only_app(app), host=config.router.host, port=config.router.metrics_port,
+            log_config=None, access_log=False, server_header=False))
     return server, metrics
 
 
 async def serve(app: FastAPI, config: Config, sock: socket.socket,
-                on_started=None) -> uvicorn.Server:
+                on_started=None, metrics_port: bool = True) -> uvicorn.Server:
     """Serve `app` on `sock` until SIGINT/SIGTERM; `on_started()` runs once it listens."""
-    server, metrics = router_servers(app, config)
+    server, metrics = router_servers(app, config, metrics_port)
     # Started first so the API server's signal handling is outermost: a SIGTERM drains the
     # API, then stops the metrics port (uvicorn hands the signal on when it returns).
     metrics_task = metrics and asyncio.create_task(metrics.serve())
@@ -86,8 +91,10 @@ async def _when_started(server: uvicorn.Server, on_started) -> None:
 
 
 def extra_router_specs(config_files: list[Path], runtime_file: Path | None, host: str,
-                       port: int, count: int) -> list[WorkerSpec]:
-    """Router processes 1..count-1, as `serving router` children on the same port."""
+                       port: int, count: int, metrics_folder: Path) -> list[WorkerSpec]:
+    """Router processes 1..count-1, as `serving router` children on the same port, keeping
+    their metrics with process 0's in `metrics_folder` (from `share_metrics`)."""
+    env = {SHARED_METRICS_ENV: str(metrics_folder)}
     argv = [sys.executable, "-m", "serving.cli", "router", "--host", host, "--reuse-port",
             "--single-process"]
     for path in config_files:
@@ -95,7 +102,7 @@ def extra_router_specs(config_files: list[Path], runtime_file: Path | None, host
     if runtime_file is not None:
         argv += ["--workers-from", str(runtime_file)]
     # The supervisor appends `--port PORT`: every child binds the router's own port.
-    return [WorkerSpec(name=f"router/{i}", argv=argv, env={}, port=port, startup_timeout_s=120,
+    return [WorkerSpec(name=f"router/{i}", argv=argv, env=env, port=port, startup_timeout_s=120,
                        host=host) for i in range(1, count)]
 
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from serving.router.keys import (
     ensure_generated_key,
     principals,
 )
+from serving.router.metrics import share_metrics
 from serving.router.workers import Endpoints
 from serving.weights.prepare import prepare_all
 
@@ -130,6 +132,7 @@ async def run_stack(
         signal.signal(sig, on_signal)
 
     supervisors: list[Supervisor] = []
+    metrics_folder: Path | None = None
     try:
         by_name: dict[str, Supervisor] = {}
         specs = worker_specs(config, model_paths, lambda name: by_name[name].url)
@@ -144,11 +147,13 @@ async def run_stack(
 
         if stop_requested:  # between the workers' start and the router's
             return 130
+        processes = config.router.processes
+        if processes > 1:  # before any metric exists
+            metrics_folder = share_metrics()
         app = create_app(config, worker_endpoints(config, lambda name: by_name[name].url), keys)
         workers = services_of(app).workers
         for s in supervisors:  # a worker restarted on another port is reached there
             s.on_up.append(workers[s.spec.worker].member(s.name).move_to)
-        processes = config.router.processes
         if processes > 1 and runtime_file is None:
             # The other router processes follow the workers through this file.
             runtime_file = config.state_dir / f"runtime-{os.getpid()}.json"
@@ -165,8 +170,9 @@ async def run_stack(
                 for s in supervisors:  # where a restarted worker listens now
                     s.on_up.append(lambda _: _write_runtime(runtime_file, url, supervisors))
             if processes > 1:
+                assert metrics_folder is not None
                 others = extra_router_specs(config_files, runtime_file, host,
-                                            sock.getsockname()[1], processes)
+                                            sock.getsockname()[1], processes, metrics_folder)
                 routers_task.append(asyncio.create_task(start_extra_routers(others, routers)))
             print(f"serving: ready on {url}/v1", flush=True)
 
@@ -186,6 +192,8 @@ async def run_stack(
         await asyncio.shield(asyncio.gather(*(s.stop() for s in supervisors)))
         if runtime_file is not None:
             runtime_file.unlink(missing_ok=True)
+        if metrics_folder is not None:
+            shutil.rmtree(metrics_folder, ignore_errors=True)
         log.info("stopped")
 
 

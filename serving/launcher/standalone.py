@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from serving.launcher.router_process import (
 from serving.launcher.supervisor import Supervisor
 from serving.router.app import create_app
 from serving.router.keys import UnresolvedKey
+from serving.router.metrics import share_metrics
 from serving.weights.prepare import chat_template_path, prepare_model
 
 log = logging.getLogger("serving.launcher")
@@ -49,6 +51,7 @@ def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: 
         return 2
     urls = worker_urls(config, workers_from)
     processes = 1 if single_process else config.router.processes
+    metrics_folder = share_metrics() if processes > 1 else None  # before any metric exists
 
     def on_signal(signum: int, _frame) -> None:
         # uvicorn handles signals while it serves and hands them here when it returns.
@@ -71,19 +74,24 @@ def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: 
             tasks.append(asyncio.create_task(follow_runtime_file(app, workers_from)))
 
         def started() -> None:
-            if processes > 1:
+            if metrics_folder is not None:
                 specs = extra_router_specs(list(config_files), workers_from, host, bound,
-                                           processes)
+                                           processes, metrics_folder)
                 tasks.append(asyncio.create_task(start_extra_routers(specs, routers)))
             print(f"serving: router ready on http://{host}:{bound}/v1", flush=True)
 
-        server = await serve(app, config, sock, started)
+        # The extra processes leave the metrics port to process 0, which answers for all.
+        server = await serve(app, config, sock, started, metrics_port=not single_process)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*(r.stop() for r in routers))
         return 0 if server.started else 1
 
-    return _run(main())
+    try:
+        return _run(main())
+    finally:
+        if metrics_folder is not None:
+            shutil.rmtree(metrics_folder, ignore_errors=True)
 
 
 def run_worker(config: Config, name: str, host: str, port: int) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from serving.router.metrics import SHARED_METRICS_ENV
+
 log = logging.getLogger("serving.launcher")
 
 PR_SET_PDEATHSIG = 1
@@ -128,7 +130,10 @@ class Supervisor:
             callback(self.url)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        # The routers' shared metrics folder goes only to the processes given it: a vLLM
+        # worker that inherited it would write its own metrics there.
+        inherited = {k: v for k, v in os.environ.items() if k != SHARED_METRICS_ENV}
+        env = {**inherited, **self.spec.env, "PYTHONUNBUFFERED": "1"}
         self._tail.clear()
         self.port = self.spec.port or self._kept_port or free_port()
         self.process = await asyncio.create_subprocess_exec(

@@ -15,7 +15,7 @@ from serving.config import Config, Modality
 from serving.db import database_url
 from serving.errors import install_error_handlers
 from serving.ledger import Ledger
-from serving.ledger.metrics import LedgerCollector
+from serving.ledger.metrics import LedgerMetrics
 from serving.router import admin, health, models, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.call_worker import client_closed
@@ -59,7 +59,8 @@ def create_app(config: Config, worker_urls: Mapping[str, str | Endpoints],
         Ledger(database_url(config, "ledger"), router_config.ledger), RouterMetrics(),
         {name: w.max_in_flight for name, w in config.workers.items()},
     )
-    metering.metrics.registry.register(LedgerCollector(metering.ledger))
+    metering.metrics.publishers.append(
+        LedgerMetrics(metering.ledger, metering.metrics.registry).publish)
     video_models = [s for s in registry.served if s.entry.modality == Modality.video]
     billing = VideoBilling(metering.ledger, {k.sha256: k.name for k in keys})
     videos = (VideoService(config, video_models, billing, metering.metrics.registry)
@@ -71,7 +72,11 @@ def create_app(config: Config, worker_urls: Mapping[str, str | Endpoints],
             worker.start()
         if videos is not None:
             await videos.start()
+        publishing = (asyncio.create_task(metering.metrics.keep_published())
+                      if metering.metrics.shared_folder else None)
         yield
+        if publishing is not None:
+            publishing.cancel()
         if videos is not None:
             await videos.stop()
         for worker in workers.values():

@@ -4,6 +4,11 @@ One registry per app (not the process-global one) so several routers in one proc
 tests, never mix their counts. `GET /metrics` needs an admin key on the API port; an operator
 can also serve it without a key on a separate port (`router.metrics_port`) for a scraper on a
 private network.
+
+With several router processes on one port (`router.processes`) a scrape reaches any one of
+them, so they keep their values in one folder with prometheus_client's multiprocess mode
+(`share_metrics`), and each answers for all: counters and histograms summed, in-flight gauges
+summed over the live processes, health gauges as last set by any.
 """
 
 from __future__ import annotations
@@ -11,10 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,9 +46,47 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
+# prometheus_client's multiprocess folder. Only router processes share it: a worker (vLLM)
+# that inherited it would write its own metrics there.
+SHARED_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PUBLISH_EVERY_S = 1.0
+_LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def share_metrics() -> Path:
+    """Make this process (router process 0) keep its metrics in a new folder of its own, and
+    return it: the other router processes get it in `SHARED_METRICS_ENV`. Under the temp dir,
+    so local to the node (and the pod): its files are memory-mapped. Call this before any
+    metric exists: the storage of a metric is chosen when it is created."""
+    folder = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
+    os.environ[SHARED_METRICS_ENV] = str(folder)
+    values.ValueClass = values.get_value_class()
+    return folder
+
+
+def _forget_dead_processes(folder: str) -> None:
+    """A router process that died (and was restarted under another pid) leaves its gauges'
+    file behind; its in-flight requests must not count. Its counters stay in the sums."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if (m := _LIVE_FILE.match(name)) is not None:
+                pid = int(m.group(1))
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    multiprocess.mark_process_dead(pid, folder)
+                except PermissionError:
+                    pass
+
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, shared_folder: str | None = None) -> None:
+        """`shared_folder`: the multiprocess folder, by default the one `share_metrics` set
+        up for this process; None: this process alone."""
+        self.shared_folder = shared_folder or os.environ.get(SHARED_METRICS_ENV)
+        # Called before each scrape (and every second with several processes): they turn
+        # state kept elsewhere, such as the ledger's, into metrics.
+        self.publishers: list[Callable[[], None]] = []
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("serving_requests", "Requests answered, by endpoint, model "
                                 "and HTTP status.", ["endpoint", "model", "status"], registry=r)
@@ -39,7 +94,7 @@ class RouterMetrics:
                                  "the last byte of the response.", ["endpoint", "model"],
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("serving_requests_in_flight", "Requests being served.",
-                               ["endpoint", "model"], registry=r)
+                               ["endpoint", "model"], multiprocess_mode="livesum", registry=r)
         self.ttft = Histogram("serving_time_to_first_token_seconds", "Streamed chat: time "
                               "from request to the first content event.", ["model"],
                               buckets=_TTFT_BUCKETS, registry=r)
@@ -56,9 +111,31 @@ class RouterMetrics:
                                   ["model"], registry=r)
         self.worker_up = Gauge("serving_worker_up", "1 when the worker answers its health "
                                "check (a pool: its router and at least one replica).",
-                               ["worker"], registry=r)
+                               ["worker"], multiprocess_mode="livemostrecent", registry=r)
         self.replica_up = Gauge("serving_replica_up", "1 when the replica of a pooled worker "
-                                "answers its health check.", ["worker", "replica"], registry=r)
+                                "answers its health check.", ["worker", "replica"],
+                                multiprocess_mode="livemostrecent", registry=r)
+
+    def publish(self) -> None:
+        for publisher in self.publishers:
+            publisher()
+
+    async def keep_published(self) -> None:
+        """With several processes, any of them answers a scrape: each publishes its state
+        every second rather than only when it is the one scraped."""
+        while True:
+            self.publish()
+            await asyncio.sleep(PUBLISH_EVERY_S)
+
+    def exposition(self) -> bytes:
+        """This process's metrics; with several processes, all of theirs together."""
+        self.publish()
+        if self.shared_folder is None:
+            return generate_latest(self.registry)
+        _forget_dead_processes(self.shared_folder)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone, path=self.shared_folder)
+        return generate_latest(everyone)
 
     def observe_usage(self, model: str, usage: dict) -> None:
         # Chat's names, then the Responses API's for the same counts.
@@ -100,7 +177,7 @@ class RouterMetrics:
                     texts[replica.name] = found[replica.name]
                     labels[replica.name] = {"worker": name} if replica.index is None else {
                         "worker": name, "replica": str(replica.index)}
-        return generate_latest(self.registry) + merge_worker_metrics(texts, labels)
+        return self.exposition() + merge_worker_metrics(texts, labels)
 
 
 class _Families:
