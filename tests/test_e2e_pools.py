@@ -232,6 +232,11 @@ def test_metrics_label_each_replica(pool):
                    f'replica="{replica}"' in line and 'worker="chat"' in line
                    for line in text.splitlines())
     assert 'serving_worker_up{worker="chat"} 1.0' in text
+    # vllm-router's own metrics, each replica (which it names by URL) by its index.
+    lines = text.splitlines()
+    for replica in ("0", "1"):
+        assert any(line.startswith("vllm_router_worker_health{") and 'worker="chat"' in line
+                   and f'replica="{replica}"' in line for line in lines), text[-3000:]
 
 
 def test_smg_serves_the_same_pool_with_the_launchers_command(pool):

@@ -1,8 +1,12 @@
-"""Two vLLM workers' expositions merge into one that Prometheus accepts."""
+"""Two vLLM workers' expositions merge into one that Prometheus accepts; a chat pool's replicas
+and its router show under their own labels."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter as Tally
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,7 +18,9 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.router.metrics import merge_worker_metrics
+from serving.config.deployment import Timeouts
+from serving.router.metrics import RouterMetrics, merge_worker_metrics
+from serving.router.workers import Endpoints, Worker
 
 
 def vllm_exposition(model: str, prompt_tokens: int, running: int) -> str:
@@ -62,3 +68,63 @@ def test_a_worker_whose_metrics_do_not_parse_is_left_out():
     families = list(text_string_to_metric_families(merge_worker_metrics(texts).decode()))
     workers = {s.labels["worker"] for f in families for s in f.samples}
     assert workers == {"chat"}
+
+
+class Pages:
+    """A real HTTP server on loopback that answers GET `path` with `pages[path]` (404 else)."""
+
+    def __init__(self, pages: dict[str, str]):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = pages.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                data = (body or "").encode()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_chat_pool_shows_each_replica_and_its_routers_own_metrics():
+    """Each vLLM replica scraped on its own (`replica` label), and the pool router's metrics
+    (vllm-router's, which name each replica by URL) with the replica's index instead."""
+    replicas = [Pages({"/health": "", "/metrics": vllm_exposition("m", n, 0)})
+                for n in (11, 29)]
+    router_text = "".join(
+        f'vllm_router_worker_health{{worker="{r.url}"}} 1\n' for r in replicas)
+    gateway = Pages({"/liveness": "", "/metrics": "# TYPE vllm_router_active_workers gauge\n"
+                     "vllm_router_active_workers 2\n# TYPE vllm_router_worker_health gauge\n"
+                     + router_text})
+    endpoints = Endpoints(tuple(r.url for r in replicas), gateway.url, gateway.url + "/metrics")
+
+    async def render() -> str:
+        worker = Worker("chat", endpoints, Timeouts(), max_connections=4)
+        try:
+            return (await RouterMetrics().render({"chat": worker}, {"chat"})).decode()
+        finally:
+            await worker.aclose()
+
+    try:
+        text = asyncio.run(render())
+    finally:
+        for server in (*replicas, gateway):
+            server.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    prompt = {s.labels["replica"]: s.value for s in families["vllm:prompt_tokens"].samples
+              if s.name.endswith("_total")}
+    assert prompt == {"0": 11, "1": 29}
+    health = [s.labels for s in families["vllm_router_worker_health"].samples]
+    assert health == [{"worker": "chat", "replica": "0"}, {"worker": "chat", "replica": "1"}]
+    assert [s.labels for s in families["vllm_router_active_workers"].samples] == [
+        {"worker": "chat"}]
+    assert 'serving_worker_up{worker="chat"} 1.0' in text

@@ -377,6 +377,10 @@ workers:
     command = specs["chat/router"].command(8100)
     assert command[command.index("--worker-urls") + 1:] == [
         "http://10.0.0.5:8001", "http://10.0.0.6:8001"]
+    # Its metrics on loopback, on a port kept across restarts: the router merges them.
+    assert command[command.index("--prometheus-host") + 1] == "127.0.0.1"
+    assert command.count(str(specs["chat/router"].metrics_port)) == 1
+    assert specs["chat/router"].command(8100) == command
     endpoints = worker_endpoints(config, lambda name: f"http://local/{name}")
     assert endpoints["chat"] == Endpoints(("http://10.0.0.5:8001", "http://10.0.0.6:8001"),
                                           "http://local/chat/router")
@@ -394,6 +398,9 @@ def test_the_runtime_file_lists_every_replica(tmp_path: Path):
     workers = json.loads((tmp_path / "runtime.json").read_text())["workers"]
     # `url` is what the router calls: the chat pool's router, a media pool's first replica.
     assert workers["chat"]["url"] == "http://127.0.0.1:7002"
+    # The pool router's metrics, on the port its command gives it, for the router to merge.
+    router = next(s.spec for s in supervisors if s.name == "chat/router")
+    assert workers["chat"]["metrics_url"] == f"http://127.0.0.1:{router.metrics_port}/metrics"
     assert [r["name"] for r in workers["chat"]["replicas"]] == ["chat/0", "chat/1"]
     assert [r["url"] for r in workers["chat"]["replicas"]] == [
         "http://127.0.0.1:7000", "http://127.0.0.1:7001"]

@@ -47,13 +47,15 @@ def test_pools_from_the_runtime_file_and_from_endpoints(tmp_path: Path):
     chat = [f"http://127.0.0.1:{9100 + i}" for i in range(2)]
     images = [f"http://127.0.0.1:{9200 + i}" for i in range(2)]
     path.write_text(json.dumps({"router": "http://127.0.0.1:1", "pid": 1, "workers": {
-        "chat": {"url": "http://127.0.0.1:9000", "pid": 2, "replicas": [
+        "chat": {"url": "http://127.0.0.1:9000", "pid": 2,
+                 "metrics_url": "http://127.0.0.1:9001/metrics", "replicas": [
             {"name": f"chat/{i}", "url": u, "pid": 3} for i, u in enumerate(chat)]},
         "images": {"url": images[0], "pid": 4, "replicas": [
             {"name": f"images/{i}", "url": u, "pid": 5} for i, u in enumerate(images)]},
     }}))
     found = read_runtime_workers(path)
-    assert found["chat"] == Endpoints(tuple(chat), gateway="http://127.0.0.1:9000")
+    assert found["chat"] == Endpoints(tuple(chat), gateway="http://127.0.0.1:9000",
+                                      gateway_metrics="http://127.0.0.1:9001/metrics")
     assert found["images"] == Endpoints(tuple(images))
 
     overlay = tmp_path / "o.yaml"

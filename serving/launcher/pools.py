@@ -58,12 +58,18 @@ class PoolRouterSpec(WorkerSpec):
     replicas get their ports when they first start, which is before their pool router."""
 
     members: Callable[[], list[str]] = field(default=list)
+    # Both engines serve Prometheus metrics on a port of their own, 29000 unless told: a free
+    # one, so that two pools (or two stacks) on a node do not collide; kept across restarts,
+    # since the router merges what it serves into its own /metrics.
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def command(self, port: int) -> list[str]:
-        # Both engines serve Prometheus metrics on a port of their own, 29000 unless told: a
-        # fresh one, so that two pools (or two stacks) on a node do not collide.
-        return [*self.argv, "--port", str(port), "--prometheus-port", str(free_port()),
-                "--worker-urls", *self.members()]
+        return [*self.argv, "--port", str(port), "--prometheus-host", "127.0.0.1",
+                "--prometheus-port", str(self.metrics_port), "--worker-urls", *self.members()]
 
 
 def _binary(name: str) -> str:

@@ -119,7 +119,8 @@ def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
             elif worker["url"] in replicas:  # a media pool: the router spreads it
                 out[name] = Endpoints(replicas)
             else:
-                out[name] = Endpoints(replicas, gateway=worker["url"])
+                out[name] = Endpoints(replicas, gateway=worker["url"],
+                                      gateway_metrics=worker.get("metrics_url"))
         return out
     except FileNotFoundError:
         raise ConfigError(f"--workers-from {path}: no such file (is `serving up "

@@ -93,15 +93,20 @@ def worker_specs(config: Config, model_paths: dict[str, Path],
     return specs
 
 
-def worker_endpoints(config: Config, url_of: Callable[[str], str]) -> dict[str, Endpoints]:
+def worker_endpoints(config: Config, url_of: Callable[[str], str],
+                     metrics_of: Callable[[str], str | None] = lambda _: None
+                     ) -> dict[str, Endpoints]:
     """Where the router reaches each worker: its replicas (local: `url_of` their process
-    names; or its `endpoints`), and a chat pool's router."""
+    names; or its `endpoints`), and a chat pool's router with its metrics (`metrics_of`)."""
     out = {}
     for name, worker in config.workers.items():
         replicas = list(worker.endpoints) or [
             url_of(replica_name(name, i, worker.replicas)) for i in range(worker.replicas)]
-        gateway = url_of(pool_router_name(name)) if has_pool_router(worker) else None
-        out[name] = Endpoints(tuple(replicas), gateway)
+        if has_pool_router(worker):
+            router = pool_router_name(name)
+            out[name] = Endpoints(tuple(replicas), url_of(router), metrics_of(router))
+        else:
+            out[name] = Endpoints(tuple(replicas))
     return out
 
 
@@ -150,7 +155,9 @@ async def run_stack(
         processes = config.router.processes
         if processes > 1:  # before any metric exists
             metrics_folder = share_metrics()
-        app = create_app(config, worker_endpoints(config, lambda name: by_name[name].url), keys)
+        app = create_app(config, worker_endpoints(
+            config, lambda name: by_name[name].url,
+            lambda name: getattr(by_name[name].spec, "metrics_url", None)), keys)
         workers = services_of(app).workers
         for s in supervisors:  # a worker restarted on another port is reached there
             s.on_up.append(workers[s.spec.worker].member(s.name).move_to)
@@ -200,12 +207,15 @@ async def run_stack(
 def _write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
     """Where each worker listens, for scripts and tests. `url` and `pid` are what the router
     calls for the worker: its only process, a chat pool's router, or a media pool's first
-    replica; a worker with several replicas also lists them all, by name."""
+    replica; a worker with several replicas also lists them all, by name. A chat pool's router
+    also gives the URL of its Prometheus metrics (`metrics_url`), which the router merges."""
     workers: dict[str, dict] = {}
     for s in supervisors:
         here = {"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None}
         info = workers.setdefault(s.spec.worker, {})
-        if isinstance(s.spec, PoolRouterSpec) or "url" not in info:
+        if isinstance(s.spec, PoolRouterSpec):
+            info.update(url=here["url"], pid=here["pid"], metrics_url=s.spec.metrics_url)
+        elif "url" not in info:
             info.update(url=here["url"], pid=here["pid"])
         if s.name != s.spec.worker and not isinstance(s.spec, PoolRouterSpec):
             info.setdefault("replicas", []).append(here)

@@ -152,32 +152,47 @@ class RouterMetrics:
         """The router's metrics, then the vLLM workers' own (named `vllm:...`, so they cannot
         clash with ours), merged into one family per metric with a `worker` label, and a
         `replica` label for each replica of a pool (scraped one by one, not through its pool
-        router)."""
+        router); then a chat pool router's own (`vllm_router_...`), where the replica its
+        samples name by URL becomes the `replica` label."""
 
         async def probe(name: str, worker: Worker) -> dict[str, str]:
             states = await worker.probe()
             self.worker_up.labels(name).set(1 if worker.serves(states) else 0)
-            texts = {}
+            texts: dict[str, str | None] = {}
             for replica in worker.replicas:
                 if worker.pooled:
                     self.replica_up.labels(name, str(replica.index)).set(
                         1 if states[replica.name] else 0)
                 if states[replica.name] and name in vllm_workers:
-                    with contextlib.suppress(httpx.HTTPError):
-                        r = await replica.client.get("/metrics", timeout=5.0)
-                        if r.status_code == 200:
-                            texts[replica.name] = r.text
-            return texts
+                    texts[replica.name] = await _scrape(replica.client, "/metrics")
+            gateway = worker.gateway
+            if gateway is not None and worker.gateway_metrics and states[gateway.name]:
+                text = await _scrape(gateway.client, worker.gateway_metrics)
+                for replica in worker.replicas:  # its samples name replicas by URL
+                    text = text and text.replace(f'worker="{replica.base_url}"',
+                                                 f'replica="{replica.index}"')
+                texts[gateway.name] = text
+            return {k: text for k, text in texts.items() if text is not None}
 
         labels, texts = {}, {}
         for name, found in zip(workers, await asyncio.gather(
                 *(probe(n, w) for n, w in workers.items())), strict=True):
-            for replica in workers[name].replicas:
-                if replica.name in found:
-                    texts[replica.name] = found[replica.name]
-                    labels[replica.name] = {"worker": name} if replica.index is None else {
-                        "worker": name, "replica": str(replica.index)}
+            worker = workers[name]
+            for member in [*worker.replicas, *([worker.gateway] if worker.gateway else [])]:
+                if member.name in found:
+                    texts[member.name] = found[member.name]
+                    labels[member.name] = {"worker": name} if member.index is None else {
+                        "worker": name, "replica": str(member.index)}
         return self.exposition() + merge_worker_metrics(texts, labels)
+
+
+async def _scrape(client: httpx.AsyncClient, url: str) -> str | None:
+    """A worker's (or pool router's) metrics text; None when it does not answer them now."""
+    with contextlib.suppress(httpx.HTTPError):
+        r = await client.get(url, timeout=5.0)
+        if r.status_code == 200:
+            return r.text
+    return None
 
 
 class _Families:

@@ -34,10 +34,12 @@ RETRY_AFTER_S = "5"
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a worker's replicas listen, and its pool router (`gateway`) if it has one."""
+    """Where a worker's replicas listen, and its pool router (`gateway`) if it has one, with
+    the URL of the pool router's own Prometheus metrics if known."""
 
     replicas: tuple[str, ...]
     gateway: str | None = None
+    gateway_metrics: str | None = None
 
 
 class Replica:
@@ -116,6 +118,7 @@ class Worker:
         self.gateway = None if endpoints.gateway is None else Replica(
             f"{name}/router", None, endpoints.gateway, timeouts, max_connections,
             health_path="/liveness")
+        self.gateway_metrics = endpoints.gateway_metrics
         # Where requests go: the pool router, or the replicas themselves.
         self.targets = [self.gateway] if self.gateway else self.replicas
         self.connect_timeout = timeouts.connect_s
