@@ -134,8 +134,12 @@ def start_postgres(root: Path) -> Postgres:
 
 @dataclass
 class Redis:
+    """`url` never holds `password` (the server's `requirepass`, if any): callers pass it on
+    their own, as a deployment that keeps it out of its config does."""
+
     proc: subprocess.Popen
     port: int
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -145,17 +149,19 @@ class Redis:
         _terminate(self.proc)
 
 
-def start_redis(root: Path) -> Redis:
+def start_redis(root: Path, password: str | None = None) -> Redis:
+    """A redis-server without persistence; with `password`, clients must AUTH with it."""
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(server).exists():
         raise ServerError("redis-server is not installed: run `make install`")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--dir", str(root), *auth], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_port(port, proc, "redis-server", 10)
-    return Redis(proc, port)
+    return Redis(proc, port, password or None)
 
 
 # --- S3 (SeaweedFS) ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -84,14 +85,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return dict(os.environ)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free port, without persistence."""
+@contextlib.contextmanager
+def _redis_server(root: Path, password: str | None = None) -> Iterator[local_servers.Redis]:
+    """A throwaway redis-server on a free port, without persistence, once it answers PING."""
     try:
-        server = local_servers.start_redis(tmp_path_factory.mktemp("redis"))
+        server = local_servers.start_redis(root, password)
     except local_servers.ServerError as e:
         pytest.fail(f"{e} (the rate-limit tests need a real Redis)")
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(server.url, password=password)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -102,10 +103,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"redis-server did not answer PING on port {server.port}")
                 time.sleep(0.05)
-        yield server.url
+        yield server
     finally:
         client.close()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free port, without persistence."""
+    with _redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_with_password(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_servers.Redis]:
+    """A throwaway redis-server that requires `.password` (its `.url` has none)."""
+    with _redis_server(tmp_path_factory.mktemp("redis-auth"), secrets.token_hex(16)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -437,6 +437,25 @@ def test_dev_stores_are_wired_into_the_config(tmp_path: Path):
     assert {"secretRef": {"name": "serving-s3"}} in router["envFrom"]
 
 
+def test_the_redis_password_comes_from_a_secret_not_the_config_map():
+    secret = {"name": "serving-redis", "key": "redis-password"}
+    manifests = render("values-fleet.yaml", {"rateLimitStore": {"passwordSecret": secret}})
+    router = find(manifests, "Deployment", "serving-router")
+    kubernetes_validate.validate(router, KUBE_VERSION, strict=True)
+    redis_password = next(e for e in container(router)["env"] if e["name"] == "REDIS_PASSWORD")
+    assert redis_password["valueFrom"]["secretKeyRef"] == secret
+    text = find(manifests, "ConfigMap", "serving-config")["data"]["config.yaml"]
+    store = yaml.safe_load(text)["router"]["rate_limit_store"]
+    assert store == "redis://redis.databases.svc:6379/0"  # no password in the URL
+    assert "serving-redis" not in text and "REDIS_PASSWORD" not in text
+    # No secret named, or no Redis of yours (the dev one has no password): no variable.
+    for overrides in ({}, {**DEV_STORES, "rateLimitStore": {
+            "url": "", "dev": {"enabled": True}, "passwordSecret": secret}}):
+        router = container(find(render("values-fleet.yaml", overrides), "Deployment",
+                                "serving-router"))
+        assert "REDIS_PASSWORD" not in {e["name"] for e in router["env"]}
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"workers": {"chat": {"gpus": -1}}}, "gpus"),
     ({"modelCache": {"type": "nfs"}}, "type"),
@@ -446,8 +465,9 @@ def test_dev_stores_are_wired_into_the_config(tmp_path: Path):
     ({"artifacts": {"url": "http://bucket"}}, "url"),
     ({"config": {"router": {"rate_limits": "redis://x"}}}, "rate_limits"),
     ({"config": {"workers": {"chat": {"max_inflight": 4}}}}, "max_inflight"),
+    ({"rateLimitStore": {"passwordSecret": {"secret": "serving-redis"}}}, "secret"),
 ], ids=["negative-gpus", "cache-type", "unknown-key", "routing-policy", "worker-name",
-        "artifacts-url", "config-router-typo", "config-worker-typo"])
+        "artifacts-url", "config-router-typo", "config-worker-typo", "redis-secret-typo"])
 def test_a_bad_value_fails_the_schema(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):
         render("values-fleet.yaml", overrides)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import local_servers
 import pytest
 import redis
 
@@ -353,3 +354,41 @@ def test_limiter_falls_back_to_default_limits():
     limiter = RateLimiter.from_config(config)
     assert isinstance(limiter.store, MemoryStore)
     assert limiter.default_limits.tokens_per_minute == 7
+
+
+def test_redis_password_from_the_environment(redis_with_password: local_servers.Redis,
+                                             monkeypatch: pytest.MonkeyPatch):
+    """REDIS_PASSWORD gives the password that the URL (and so the config) leaves out."""
+    server = redis_with_password
+    assert server.password and server.password not in server.url
+    config = RouterConfig(rate_limit_store=server.url,
+                          default_limits=Limits(requests_per_minute=1))
+
+    def acquire_twice(config: RouterConfig) -> list[bool]:
+        async def main() -> list[bool]:
+            limiter = RateLimiter.from_config(config)
+            try:
+                k = key()
+                return [(await limiter.acquire(k, None)).allowed for _ in range(2)]
+            finally:
+                await limiter.aclose()
+
+        return asyncio.run(main())
+
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    with pytest.raises(redis.AuthenticationError):
+        acquire_twice(config)
+    monkeypatch.setenv("REDIS_PASSWORD", "")  # empty counts as unset
+    with pytest.raises(redis.AuthenticationError):
+        acquire_twice(config)
+    monkeypatch.setenv("REDIS_PASSWORD", server.password)
+    assert acquire_twice(config) == [True, False]  # the server's bucket: the second is denied
+    # A password in the URL wins over the environment's, right or wrong.
+    with_password = server.url.replace("redis://", f"redis://:{server.password}@")
+    monkeypatch.setenv("REDIS_PASSWORD", "not-" + server.password)
+    assert acquire_twice(config.model_copy(update={"rate_limit_store": with_password})) == [
+        True, False]
+    monkeypatch.setenv("REDIS_PASSWORD", server.password)
+    wrong = server.url.replace("redis://", f"redis://:not-{server.password}@")
+    with pytest.raises(redis.AuthenticationError):
+        acquire_twice(config.model_copy(update={"rate_limit_store": wrong}))

@@ -156,7 +156,9 @@ class RouterConfig(Strict):
         description="Limits of keys that set none, including those from SERVING_API_KEYS.")
     rate_limit_store: str = Field(
         default="memory", pattern=r"^(memory|rediss?://.+)$",
-        description="`memory` (one router process) or a redis:// URL shared by replicas.")
+        description="`memory` (one router process) or a redis:// URL shared by replicas; its "
+        "password from the URL or the REDIS_PASSWORD environment variable (which keeps it out "
+        "of config files).")
     database: str | None = Field(
         default=None, pattern=r"^(sqlite|postgresql)(\+\w+)?://.*$",
         description="Where the usage ledger and the video jobs live: a SQLAlchemy URL, "

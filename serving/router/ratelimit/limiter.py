@@ -6,19 +6,29 @@ which backend is in use or where default limits come from.
 
 from __future__ import annotations
 
+import os
+
 from serving.config import Limits, RouterConfig
 from serving.router.ratelimit.decision import Decision
 from serving.router.ratelimit.memory import MemoryStore
 from serving.router.ratelimit.redis_store import RedisStore
 from serving.router.ratelimit.store import RateLimitStore
 
+REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+
 
 def make_store(url: str) -> RateLimitStore:
-    """`memory` (one router process) or a redis:// / rediss:// URL (shared by replicas)."""
+    """`memory` (one router process) or a redis:// / rediss:// URL (shared by replicas).
+
+    Redis's password may come from the REDIS_PASSWORD environment variable rather than the URL,
+    so that it stays out of config files (and a Kubernetes ConfigMap), as libpq's PGPASSWORD
+    does for the database. A password in the URL still wins: redis-py's `from_url` lets the
+    URL's options override its keyword arguments. Unset or empty: no password from here.
+    """
     if url == "memory":
         return MemoryStore()
     if url.startswith(("redis://", "rediss://")):
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, password=os.environ.get(REDIS_PASSWORD_ENV) or None)
     raise ValueError(f"rate-limit store must be `memory` or a redis:// URL, got {url!r}")
 
 
