@@ -4,9 +4,7 @@ and its router show under their own labels."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter as Tally
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.config.deployment import Timeouts
 from serving.router.metrics import RouterMetrics, merge_worker_metrics
 from serving.router.workers import Endpoints, Worker
+from tests.loopback_http import LoopbackServer, QuietHandler
 
 
 def vllm_exposition(model: str, prompt_tokens: int, running: int) -> str:
@@ -70,11 +69,11 @@ def test_a_worker_whose_metrics_do_not_parse_is_left_out():
     assert workers == {"chat"}
 
 
-class Pages:
+class Pages(LoopbackServer):
     """A real HTTP server on loopback that answers GET `path` with `pages[path]` (404 else)."""
 
     def __init__(self, pages: dict[str, str]):
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 body = pages.get(self.path)
                 self.send_response(200 if body is not None else 404)
@@ -83,16 +82,7 @@ class Pages:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_a_chat_pool_shows_each_replica_and_its_routers_own_metrics():

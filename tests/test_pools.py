@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,12 @@ from serving.launcher.pools import PoolRouterSpec
 from serving.launcher.stack import _write_runtime, worker_endpoints, worker_specs
 from serving.launcher.supervisor import Supervisor, WorkerSpec, free_port
 from serving.router.workers import Endpoints, Worker
+from tests.loopback_http import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Server:
+class Server(LoopbackServer):
     """A real HTTP server on loopback that answers every POST with its own name, counts the
     POSTs, and passes its health check while `healthy` is set."""
 
@@ -39,7 +39,7 @@ class Server:
         self.name, self.posts, self.healthy = name, 0, True
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self.send_response(200 if outer.healthy else 503)
                 self.send_header("Content-Length", "0")
@@ -55,16 +55,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 class Hangup:

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -20,12 +19,13 @@ from serving.video_jobs.artifact_health import ArtifactHealth
 from serving.video_jobs.artifacts import LocalArtifacts
 from serving.video_jobs.dispatcher import Dispatcher
 from serving.video_jobs.store import JobStore
+from tests.loopback_http import LoopbackServer, QuietHandler
 from tests.test_video_jobs_store import MODEL, OWNER, params
 
 MP4 = b"\x00\x00\x00\x18ftypmp42 not really a video"
 
 
-class RenderReplica:
+class RenderReplica(LoopbackServer):
     """Answers `POST /v1/videos/render` as the video worker does (progress, then the MP4),
     but only once every replica holds a render at the same time: the `meeting` barrier breaks,
     and the render fails, when renders come one after another."""
@@ -34,7 +34,7 @@ class RenderReplica:
         self.renders = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.renders += 1
@@ -54,16 +54,7 @@ class RenderReplica:
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                 self.wfile.flush()
 
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_a_pool_of_two_renders_two_jobs_at_once_one_on_each_replica(tmp_path: Path):
