@@ -1,6 +1,8 @@
 """Keys with limits, model allow-lists, backpressure and a graceful stop, on a stack of its own.
 
-The stack keeps its rate-limit counters in a real redis-server, as router replicas would.
+The stack keeps its rate-limit counters in a real redis-server, as router replicas would; one
+that requires a password, which the routers get as REDIS_PASSWORD (as the Helm chart gives it
+from a Secret), not in the configured URL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import local_servers
 import openai
 import pytest
 import redis
@@ -33,14 +36,14 @@ DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str
+def limited(tmp_path_factory: pytest.TempPathFactory, redis_with_password: local_servers.Redis
             ) -> Iterator[BackgroundStack]:
     tmp = tmp_path_factory.mktemp("limited")
     overlay = tmp / "limits.yaml"
     overlay.write_text(f"""
 router:
   metrics_port: {METRICS_PORT}
-  rate_limit_store: {redis_url}
+  rate_limit_store: {redis_with_password.url}
   default_limits: {{requests_per_minute: 1000}}
   api_keys:
     - {{name: rpm, env: TEST_RPM_KEY, limits: {{requests_per_minute: 3}}}}
@@ -57,9 +60,14 @@ workers:
 """)
     root = Path(__file__).resolve().parent.parent
     stack = start_background_stack([root / "configs" / "cpu.yaml", overlay], tmp,
-                                   env={"TEST_RPM_KEY": RPM_KEY})
+                                   env=stack_env(redis_with_password))
     yield stack
     stack.stop()
+
+
+def stack_env(redis_server: local_servers.Redis) -> dict[str, str]:
+    assert redis_server.password
+    return {"TEST_RPM_KEY": RPM_KEY, "REDIS_PASSWORD": redis_server.password}
 
 
 def as_key(stack: BackgroundStack, key: str) -> httpx.Client:
@@ -81,7 +89,7 @@ def long_story(max_tokens: int) -> dict:
                                     "least 500 words."}])
 
 
-def test_requests_per_minute(limited: BackgroundStack, redis_url: str):
+def test_requests_per_minute(limited: BackgroundStack, redis_with_password: local_servers.Redis):
     http = as_key(limited, RPM_KEY)  # a key given to the config by environment variable
     for left in (2, 1, 0):
         r = http.post("/chat/completions", json=ask())
@@ -101,10 +109,12 @@ def test_requests_per_minute(limited: BackgroundStack, redis_url: str):
     with pytest.raises(openai.RateLimitError):
         sdk.chat.completions.create(**ask())
     # The counters live in Redis, where other router replicas would see them.
-    assert redis.Redis.from_url(redis_url).keys("*rpm*")
+    assert redis.Redis.from_url(redis_with_password.url,
+                                password=redis_with_password.password).keys("*rpm*")
 
 
-def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: Path):
+def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: Path,
+                                           redis_with_password: local_servers.Redis):
     """A second router (`serving router` beside the stack) knows the same keys and counts
     against the same buckets: two requests, one through each, spend the key's minute (one
     request back every 30 s: a slow machine may see one refill, never two)."""
@@ -113,7 +123,7 @@ def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: P
     own_port.write_text("router: {metrics_port: null}\n")  # the stack has that one
     router_b = start_background_router(
         [root / "configs" / "cpu.yaml", limited.log.parent / "limits.yaml", own_port],
-        tmp_path / "b", stack=limited, env={"TEST_RPM_KEY": RPM_KEY})
+        tmp_path / "b", stack=limited, env=stack_env(redis_with_password))
     try:
         a = as_key(limited, SHARED_KEY)
         b = httpx.Client(base_url=router_b.v1, timeout=120,
