@@ -12,11 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import logging
-import logging.handlers
-import queue
 import sys
 from pathlib import Path
 
@@ -24,36 +20,8 @@ import yaml
 
 from serving.config import Config, ConfigError, load_config
 from serving.config.hardware import AUTO, cpu_dtype, describe_cpu
-from serving.router.middleware.request_id import RequestIdFilter
+from serving.logs import setup_logging
 from serving.weights.prepare import PrepareError
-
-_log_writer: logging.handlers.QueueListener | None = None
-
-
-def setup_logging(level: str = "info") -> None:
-    """Log lines go to stdout from a thread of their own: the router logs a line per request,
-    and the write (a system call, on a pipe that may be slow to drain) would otherwise stall
-    its event loop, ~12% of a router's time under a stream load (scripts/bench_router.py).
-    The request id is read where the record is made, since it lives in a context variable."""
-    global _log_writer
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(
-        "serving | %(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-    ))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    front = logging.handlers.QueueHandler(records)
-    front.addFilter(RequestIdFilter())
-    if _log_writer is not None:
-        atexit.unregister(_log_writer.stop)
-        _log_writer.stop()
-    _log_writer = logging.handlers.QueueListener(records, handler)
-    _log_writer.start()
-    atexit.register(_log_writer.stop)  # what is queued is written before the process ends
-    root = logging.getLogger()
-    root.handlers[:] = [front]
-    root.setLevel(level.upper())
-    # httpx logs every request to a worker at INFO: noise on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _config(args: argparse.Namespace) -> Config:

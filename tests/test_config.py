@@ -10,7 +10,7 @@ import pytest
 
 from serving.config import ConfigError, load_catalog, load_config
 from serving.config.loader import deep_merge
-from serving.launcher.stack import worker_specs
+from serving.launcher.worker_set import worker_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 

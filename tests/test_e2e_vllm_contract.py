@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from serving.router.context import Meter
-from serving.router.text import vllm_contract as contract
-from serving.router.text.proxy import _relay, _usage_span
+from serving.router.text.relay import _relay_stream as _relay
+from serving.router.text.relay import _usage_span
 from serving.router.usage import normalize_usage
+from serving.upstream import vllm_contract as contract
 from tests.conftest import CHAT_MODEL
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +101,7 @@ async def _relay_all(pieces: list[bytes], include_usage: bool, stop_after: int |
         for piece in pieces:
             yield piece
 
-    m = Meter(endpoint="/v1/chat/completions")
+    m = Meter()
     out = []
     relayed = _relay(httpx.Response(200, content=body()), include_usage, True, m)
     async for chunk in relayed:

@@ -14,7 +14,7 @@ from serving.config.hardware import (
     resolve_dtype,
     vllm_cpu_env,
 )
-from serving.launcher.stack import worker_specs
+from serving.launcher.worker_set import worker_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})

@@ -23,9 +23,10 @@ from serving.config.hardware import vllm_cpu_binding
 from serving.errors import OpenAIError
 from serving.launcher.order import process_order
 from serving.launcher.pools import PoolRouterSpec
-from serving.launcher.stack import _write_runtime, worker_endpoints, worker_specs
+from serving.launcher.runtime_file import write_runtime
 from serving.launcher.supervisor import Supervisor, WorkerSpec, free_port
-from serving.router.workers import Endpoints, Worker
+from serving.launcher.worker_set import worker_endpoints, worker_specs
+from serving.upstream.worker import Endpoints, Worker
 from tests.loopback_http import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,7 +386,7 @@ def test_the_runtime_file_lists_every_replica(tmp_path: Path):
     supervisors = [Supervisor(spec) for spec in specs]
     for port, s in enumerate(supervisors, start=7000):
         s.port = port
-    _write_runtime(tmp_path / "runtime.json", "http://router", supervisors)
+    write_runtime(tmp_path / "runtime.json", "http://router", supervisors)
     workers = json.loads((tmp_path / "runtime.json").read_text())["workers"]
     # `url` is what the router calls: the chat pool's router, a media pool's first replica.
     assert workers["chat"]["url"] == "http://127.0.0.1:7002"

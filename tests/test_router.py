@@ -23,7 +23,7 @@ from serving.router.keys import (
     keys_from_env,
     principals,
 )
-from serving.router.text.responses import _relay as _relay_response
+from serving.router.text.responses_relay import _relay as _relay_response
 from serving.router.usage import normalize_response_usage, normalize_usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,9 +200,9 @@ def test_one_validation_error_mapper_for_json_bodies_and_forms():
 def test_request_context_ids_and_admin_dependency(tmp_path: Path):
     from serving.router.context import RequestContext
 
-    ours = RequestContext("req_abc", client_sent_id=False, meter=Meter(endpoint="/"))
+    ours = RequestContext("req_abc", client_sent_id=False, meter=Meter())
     assert ours.worker_request_id() == "req_abc"
-    theirs = RequestContext("trace-1", client_sent_id=True, meter=Meter(endpoint="/"))
+    theirs = RequestContext("trace-1", client_sent_id=True, meter=Meter())
     first, second = theirs.worker_request_id(), theirs.worker_request_id()
     assert first.startswith("trace-1-") and second.startswith("trace-1-") and first != second
 
@@ -292,7 +292,7 @@ RESPONSE_STREAM = b"\n\n".join([
 
 async def relay_response(pieces: list[bytes], stop_after: int | None = None
                          ) -> tuple[bytes, Meter]:
-    m = Meter(endpoint="/v1/responses")
+    m = Meter()
     return await drain(_relay_response(upstream(pieces), True, m, 40), stop_after), m
 
 

@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 
 from serving.config import ConfigError, load_config
-from serving.launcher.router_process import (
-    bind,
-    extra_router_specs,
-    read_runtime_workers,
-    worker_urls,
-)
-from serving.router.workers import Endpoints
+from serving.launcher.router_process import RouterRun, bind, extra_router_specs
+from serving.launcher.runtime_file import read_runtime_workers, worker_urls
+from serving.upstream.worker import Endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = ROOT / "configs" / "cpu.yaml"
@@ -77,9 +73,10 @@ def test_a_worker_with_no_url_is_named(tmp_path: Path):
 
 
 def test_extra_router_processes_load_the_same_files_on_the_same_port(tmp_path: Path):
-    files = [CPU, tmp_path / "o.yaml"]
-    specs = extra_router_specs(files, tmp_path / "rt.json", "0.0.0.0", 8000, 3,
-                               tmp_path / "metrics")
+    files = (CPU, tmp_path / "o.yaml")
+    run = RouterRun(load_config([CPU]), [], "0.0.0.0", 0, files, processes=3,
+                    runtime_file=tmp_path / "rt.json")
+    specs = extra_router_specs(run, 8000, tmp_path / "metrics")
     assert [s.name for s in specs] == ["router/1", "router/2"]
     argv = specs[0].command(8000)
     assert argv[argv.index("router") + 1:].count("-c") == 2

@@ -18,7 +18,7 @@ import pytest
 from serving.config.deployment import Timeouts
 from serving.launcher import supervisor as supervisor_module
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec, free_port
-from serving.router.workers import Worker
+from serving.upstream.worker import Worker
 
 # Serves `folder` (which holds a `health` file) over HTTP on the port after `--port`, after
 # noting that port in `folder/ports`. While `folder/fail-once` exists, removes it and dies

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from serving.config.deployment import Timeouts, VideoJobs
 from serving.db import make_engine, migrate
-from serving.router.workers import Endpoints, Worker
+from serving.upstream.worker import Endpoints, Worker
 from serving.video_jobs.artifact_health import ArtifactHealth
 from serving.video_jobs.artifacts import LocalArtifacts
 from serving.video_jobs.dispatcher import Dispatcher

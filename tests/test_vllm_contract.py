@@ -18,8 +18,8 @@ import pytest
 
 from serving.config import VllmArgs, load_config
 from serving.config.hardware import resolve_dtype
-from serving.launcher.stack import worker_specs
-from serving.router.text import vllm_contract
+from serving.launcher.worker_set import worker_specs
+from serving.upstream import vllm_contract
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from serving.launcher.supervisor import free_port
-from serving.router.worker_transport import AiohttpTransport
+from serving.upstream.transport import AiohttpTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 

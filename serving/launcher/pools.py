@@ -7,7 +7,7 @@ with its own share of the worker's `gpus` (and on CPU, for vLLM, its own cores).
 Chat (vLLM) pools are reached through an existing cache-aware router (`routing.engine`:
 vllm-router or smg), one per pool, named `NAME/router` and supervised like a worker: it sends a
 prompt to the replica that holds its prefix in its KV cache, which a plain balancer cannot know.
-Media pools need no such process: the router spreads them itself (`serving.router.workers`).
+Media pools need no such process: the router spreads them itself (`serving.upstream.worker`).
 
 Replica ports stay put. A pool router is given its replicas' URLs when it starts, so a replica
 that crashes is restarted on the port it had (`WorkerSpec.keep_port`): the pool router's

@@ -1,40 +1,112 @@
-"""Serving the router app: one process or several on one port, beside `serving up`'s workers
-or alone (`serving router`) in front of workers that run elsewhere.
+"""The one way a router process serves, for `serving up` and `serving router` alike.
+
+`serve_router` takes the same named steps for both: share metrics (with several processes),
+build the router's services, build the app, bind the port, serve until SIGINT/SIGTERM, and
+once it listens start the extra router processes. The two commands differ only in where the
+workers are (`serving up` started them; `serving router` reads their URLs) and in what they do
+once the services exist (`on_services`) and once the port listens (`on_listening`).
 
 Several router processes share one port with SO_REUSEPORT: each binds its own socket and the
 kernel spreads new connections across them, so no process accepts for the others and a dead
 one takes only its own connections with it. Process 0 is the caller; the others are
-`serving router` children, supervised (restarted when they die) like workers.
-
-A router that did not start the workers learns where they are from `workers.NAME.endpoints` or
-from the runtime file of a running `serving up` (`--workers-from`), which it re-reads when it
-changes: a worker restarted on another port is followed within a second.
+`serving router --single-process` children, supervised (restarted when they die) like
+workers, that follow the stack's runtime file. They share their Prometheus metrics with
+process 0 through a folder (`share_metrics`), and only process 0 serves `router.metrics_port`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
+import os
+import shutil
 import socket
 import sys
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from serving.config import Config, ConfigError
-from serving.launcher.pools import has_pool_router
+from serving.config import Config
 from serving.launcher.supervisor import Supervisor, WorkerSpec
-from serving.router.admin import metrics_only_app
-from serving.router.dependencies import services_of
-from serving.router.metrics import SHARED_METRICS_ENV
-from serving.router.workers import Endpoints
+from serving.router import (
+    SHARED_METRICS_ENV,
+    Principal,
+    Services,
+    build_app,
+    build_services,
+    metrics_only_app,
+    share_metrics,
+)
+from serving.upstream.worker import Endpoints
 
 log = logging.getLogger("serving.launcher")
 
-FOLLOW_INTERVAL_S = 1.0
+
+@dataclass
+class RouterRun:
+    """How one router process serves."""
+
+    config: Config
+    keys: list[Principal]
+    host: str
+    port: int
+    config_files: tuple[Path, ...] = ()  # what the extra processes load
+    processes: int = 1  # this one and the extra ones it starts
+    reuse_port: bool = False  # share the port with processes this one did not start
+    metrics_port: bool = True  # serve `router.metrics_port` (process 0 does, for all)
+    runtime_file: Path | None = None  # the workers' URLs, which the extra processes follow
+    ready_message: str = "serving: ready on {url}/v1"
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's main coroutine on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def serve_router(run: RouterRun, endpoints: Mapping[str, Endpoints], *,
+                       on_services: Callable[[Services], None] | None = None,
+                       on_listening: Callable[[str], None] | None = None) -> int:
+    """Serve the router in this process until SIGINT/SIGTERM; 0 once it stopped cleanly."""
+    folder = share_metrics() if run.processes > 1 else None  # before any metric exists
+    routers: list[Supervisor] = []
+    tasks: list[asyncio.Task] = []
+    try:
+        services = build_services(run.config, endpoints, run.keys,
+                                  str(folder) if folder else os.environ.get(SHARED_METRICS_ENV))
+        if on_services is not None:
+            on_services(services)
+        app = build_app(services)
+        try:
+            sock = bind(run.host, run.port, reuse_port=run.reuse_port or run.processes > 1)
+        except OSError as e:
+            log.error("cannot listen on %s:%s: %s", run.host, run.port, e.strerror)
+            return 1
+        url = f"http://{run.host}:{sock.getsockname()[1]}"
+
+        def listening() -> None:
+            if on_listening is not None:
+                on_listening(url)
+            if folder is not None:
+                others = extra_router_specs(run, sock.getsockname()[1], folder)
+                tasks.append(asyncio.create_task(start_extra_routers(others, routers)))
+            print(run.ready_message.format(url=url), flush=True)
+
+        server = await serve(app, run.config, sock, listening, metrics_port=run.metrics_port)
+        return 0 if server.started else 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.shield(asyncio.gather(*(r.stop() for r in routers)))
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -66,7 +138,8 @@ def router_servers(app: FastAPI, config: Config, metrics_port: bool = True
 
 
 async def serve(app: FastAPI, config: Config, sock: socket.socket,
-                on_started=None, metrics_port: bool = True) -> uvicorn.Server:
+                on_started: Callable[[], None] | None = None,
+                metrics_port: bool = True) -> uvicorn.Server:
     """Serve `app` on `sock` until SIGINT/SIGTERM; `on_started()` runs once it listens."""
     server, metrics = router_servers(app, config, metrics_port)
     # Started first so the API server's signal handling is outermost: a SIGTERM drains the
@@ -83,96 +156,26 @@ async def serve(app: FastAPI, config: Config, sock: socket.socket,
     return server
 
 
-async def _when_started(server: uvicorn.Server, on_started) -> None:
+async def _when_started(server: uvicorn.Server, on_started: Callable[[], None] | None) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
     if on_started is not None:
         on_started()
 
 
-def extra_router_specs(config_files: list[Path], runtime_file: Path | None, host: str,
-                       port: int, count: int, metrics_folder: Path) -> list[WorkerSpec]:
-    """Router processes 1..count-1, as `serving router` children on the same port, keeping
+def extra_router_specs(run: RouterRun, port: int, metrics_folder: Path) -> list[WorkerSpec]:
+    """Router processes 1..processes-1, as `serving router` children on the same port, keeping
     their metrics with process 0's in `metrics_folder` (from `share_metrics`)."""
     env = {SHARED_METRICS_ENV: str(metrics_folder)}
-    argv = [sys.executable, "-m", "serving.cli", "router", "--host", host, "--reuse-port",
+    argv = [sys.executable, "-m", "serving.cli", "router", "--host", run.host, "--reuse-port",
             "--single-process"]
-    for path in config_files:
+    for path in run.config_files:
         argv += ["-c", str(path)]
-    if runtime_file is not None:
-        argv += ["--workers-from", str(runtime_file)]
+    if run.runtime_file is not None:
+        argv += ["--workers-from", str(run.runtime_file)]
     # The supervisor appends `--port PORT`: every child binds the router's own port.
     return [WorkerSpec(name=f"router/{i}", argv=argv, env=env, port=port, startup_timeout_s=120,
-                       host=host) for i in range(1, count)]
-
-
-def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
-    """Where each worker of a running `serving up --runtime-file` is: its replicas, and a
-    chat pool's router (`url` is the pool router when the worker has replicas)."""
-    try:
-        info = json.loads(path.read_text())
-        out = {}
-        for name, worker in info["workers"].items():
-            replicas = tuple(r["url"] for r in worker.get("replicas", ()))
-            if not replicas:
-                out[name] = Endpoints((worker["url"],))
-            elif worker["url"] in replicas:  # a media pool: the router spreads it
-                out[name] = Endpoints(replicas)
-            else:
-                out[name] = Endpoints(replicas, gateway=worker["url"],
-                                      gateway_metrics=worker.get("metrics_url"))
-        return out
-    except FileNotFoundError:
-        raise ConfigError(f"--workers-from {path}: no such file (is `serving up "
-                          "--runtime-file` running?)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--workers-from {path}: not a runtime file: {e}") from None
-
-
-def worker_urls(config: Config, runtime_file: Path | None) -> dict[str, Endpoints]:
-    """Where each configured worker is: its `endpoints`, else the runtime file's entry.
-
-    A chat worker with several endpoints needs a cache-aware pool router in front of them,
-    which `serving router` does not start (each router replica would keep its own view of
-    the replicas' caches): run one (vllm-router, as the Helm chart does) and give its URL as
-    the worker's one endpoint."""
-    from_file = read_runtime_workers(runtime_file) if runtime_file is not None else {}
-    urls: dict[str, Endpoints] = {}
-    for name, worker in config.workers.items():
-        if worker.endpoints:
-            if len(worker.endpoints) > 1 and has_pool_router(worker):
-                raise ConfigError(
-                    f"workers.{name}.endpoints: a chat pool's replicas are reached through "
-                    "one cache-aware router, which `serving router` does not start: run it "
-                    "(vllm-router --worker-urls ...) and give its URL as the only endpoint")
-            urls[name] = Endpoints(tuple(u.rstrip("/") for u in worker.endpoints))
-        elif name in from_file:
-            urls[name] = from_file[name]
-        else:
-            raise ConfigError(
-                f"workers.{name}: `serving router` starts no worker: give its URL in "
-                f"workers.{name}.endpoints, or run beside `serving up --runtime-file FILE` "
-                "with --workers-from FILE")
-    return urls
-
-
-async def follow_runtime_file(app: FastAPI, path: Path) -> None:
-    """Point the router at workers that `serving up` restarted on other ports."""
-    last = None
-    while True:
-        await asyncio.sleep(FOLLOW_INTERVAL_S)
-        with contextlib.suppress(OSError):
-            stamp = path.stat().st_mtime_ns
-            if stamp == last:
-                continue
-            last = stamp
-            try:
-                urls = read_runtime_workers(path)
-            except ConfigError:
-                continue  # being rewritten; the next look finds it whole
-            for name, worker in services_of(app).workers.items():
-                if name in urls:
-                    worker.follow(urls[name])
+                       host=run.host) for i in range(1, run.processes)]
 
 
 async def start_extra_routers(specs: list[WorkerSpec], out: list[Supervisor]) -> None:

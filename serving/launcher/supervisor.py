@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from serving.router.metrics import SHARED_METRICS_ENV
+from serving.router import SHARED_METRICS_ENV
 
 log = logging.getLogger("serving.launcher")
 

@@ -21,7 +21,7 @@ from serving.config.hardware import (
 )
 from serving.launcher.pools import has_pool_router
 from serving.launcher.supervisor import WorkerSpec, worker_env
-from serving.router.text.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
+from serving.upstream.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
 
 log = logging.getLogger("serving.launcher")

@@ -18,8 +18,9 @@ from starlette.routing import Route
 from serving.errors import OpenAIError, invalid_request
 from serving.ledger import GROUP_FIELDS, parse_since
 from serving.ledger.queries import one_line
-from serving.router.dependencies import AdminCtx, MeteringDep, Services, ServicesDep, services_of
+from serving.router.dependencies import AdminCtx, MeteringDep, ServicesDep, services_of
 from serving.router.metrics import CONTENT_TYPE
+from serving.router.services import Services
 
 router = APIRouter()
 

@@ -1,14 +1,13 @@
 """What a route may ask for, as typed FastAPI dependencies.
 
 `Ctx` is the request's own context (its key, meter and id); the others are the router's shared
-parts, built once by `create_app` into one `Services`. A route lists what it needs in its
+parts, built once into one `Services` (`services.py`). A route lists what it needs in its
 signature instead of reaching into `request.state` or `app.state`, and a test can replace any
 of them with `app.dependency_overrides`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -18,21 +17,8 @@ from serving.errors import OpenAIError
 from serving.router.context import RequestContext, context_of
 from serving.router.metering import Metering
 from serving.router.registry import Registry
-from serving.router.workers import Worker
+from serving.router.services import Services
 from serving.video_jobs.service import VideoService
-
-
-@dataclass(frozen=True)
-class Services:
-    """The router's parts that live as long as the app."""
-
-    config: Config
-    registry: Registry
-    workers: dict[str, Worker]
-    metering: Metering
-    videos: VideoService | None  # None when no video model is configured
-    vllm_workers: frozenset[str]  # whose own Prometheus metrics /metrics appends
-    created: int  # unix time the router started: `created` of its model objects
 
 
 def install_services(app: FastAPI, services: Services) -> None:

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import ApiKey, Limits, RouterConfig
+from serving.config import ApiKey, Config, Limits, RouterConfig
 from serving.config.keys import hash_key, keys_from_env
 
 __all__ = ["hash_key", "keys_from_env"]  # where the CLI and tests have always found them
@@ -94,6 +94,21 @@ def principals(keys: list[ApiKey], default_limits: Limits,
             cache_group=key.cache_group,
         ))
     return out
+
+
+def resolve_keys(config: Config) -> list[Principal]:
+    """The keys a router accepts: the configured ones, or else a generated one kept in a file
+    only the user can read (and said where). UnresolvedKey if a configured one is unset."""
+    keys = configured_keys(config.router)
+    if not keys:
+        key, created = ensure_generated_key(config.router.generated_key_file)
+        print(
+            f"serving: no API key configured; {'generated' if created else 'using'} the key "
+            f"in {config.router.generated_key_file} (readable only by you)",
+            flush=True,
+        )
+        keys = [key]
+    return principals(keys, config.router.default_limits)
 
 
 class KeyStore:

@@ -2,10 +2,12 @@
 
 `call_worker` admits a request once its route knows the model and what the request may cost:
 the model's cap on requests in flight (503 at once past it, never an unbounded queue) and the
-key's rate limits (429) are checked there. `middleware/metering.py` sees every authenticated
-request through to its last byte, a streamed one included, and then `finish` settles the
-reserved tokens against the actual usage, frees the in-flight slot, appends the ledger record
-and counts the metrics. Routes only fill in the request's `Meter` (`context.py`).
+key's rate limits (429) are checked there, and what was let in comes back as a `Ticket`, which
+the request's context holds. `middleware/metering.py` sees every authenticated request through
+to its last byte, a streamed one included, and then `finish` gives the ticket back: it frees
+the in-flight slot, settles the reserved tokens against the actual usage, appends the ledger
+record and counts the metrics. No path can keep a slot: the ticket is settled in the
+middleware's `finally`. Routes only fill in the request's `Meter` (`context.py`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from starlette.types import Scope
 
 from serving.errors import OpenAIError
 from serving.ledger import Ledger, UsageRecord
-from serving.router.context import RequestContext
+from serving.router.context import RequestContext, Ticket
+from serving.router.keys import Principal
 from serving.router.metrics import RouterMetrics
 from serving.router.ratelimit import Decision, RateLimiter
-from serving.router.registry import Served
+from serving.upstream.served import Served
 
 log = logging.getLogger("serving.router")
 
@@ -55,20 +58,17 @@ class Metering:
         self.caps = caps  # worker name -> max requests in flight
         self.in_flight = InFlight()
 
-    async def admit(self, ctx: RequestContext, served: Served, endpoint: str,
-                    tokens: int = 0) -> None:
+    async def admit(self, key: Principal, served: Served, endpoint: str,
+                    tokens: int = 0) -> Ticket:
         """Let the request in, or raise the 503 (model at capacity) or 429 (rate limit)."""
-        m, key = ctx.meter, ctx.key
-        assert key is not None  # only authenticated requests reach a route that admits
-        m.endpoint = endpoint
-        m.model = served.entry.id
-        name = served.worker.name
+        model, name = served.entry.id, served.worker.name
         if not self.in_flight.try_acquire(name, self.caps.get(name, math.inf)):
-            self.metrics.overloaded.labels(m.model).inc()
+            self.metrics.overloaded.labels(model).inc()
             raise OpenAIError(
-                503, f"The model `{m.model}` is at capacity; retry shortly.",
+                503, f"The model `{model}` is at capacity; retry shortly.",
                 type="server_error", code="model_overloaded",
                 headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
+        ticket = Ticket(served, endpoint)
         try:
             decision = await self.limiter.acquire(key.name, key.limits, tokens)
         except Exception as e:
@@ -83,14 +83,15 @@ class Metering:
                 self.metrics.rate_limited.labels(key.name, kind).inc()
                 raise OpenAIError(429, _limit_message(decision, kind, tokens, headers),
                                   type=kind, code="rate_limit_exceeded", headers=headers)
-            m.reserved_tokens = tokens
-            m.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        m.served = served
-        self.metrics.in_flight.labels(m.endpoint, m.model).inc()
+            ticket.tokens = tokens
+            ticket.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.metrics.in_flight.labels(endpoint, model).inc()
+        return ticket
 
-    async def finish(self, ctx: RequestContext, status: int) -> None:
-        """Runs once per request, after its last byte (or its client's departure)."""
-        m, key = ctx.meter, ctx.key
+    async def finish(self, ctx: RequestContext, endpoint: str, status: int) -> None:
+        """Runs once per request, after its last byte (or its client's departure): gives its
+        ticket back, if it was admitted, and records what it used."""
+        m, key, ticket = ctx.meter, ctx.key, ctx.ticket
         assert key is not None
         if m.incomplete and status < 400:
             status = m.status_override or CLIENT_CLOSED
@@ -98,26 +99,28 @@ class Metering:
         usage = m.usage
         prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        if m.served is not None:
-            self.in_flight.release(m.served.worker.name)
-            self.metrics.in_flight.labels(m.endpoint, m.model).dec()
-        if m.reserved_tokens:
-            actual = prompt + completion
-            try:
-                await self.limiter.settle(key.name, key.limits, actual - m.reserved_tokens)
-            except Exception:  # a store hiccup must not lose the ledger record below
-                log.exception("could not settle rate-limit tokens")
-        self.metrics.requests.labels(m.endpoint, m.model, str(status)).inc()
-        self.metrics.latency.labels(m.endpoint, m.model).observe(latency)
-        self.metrics.observe_usage(m.model, usage)
+        model = "-"
+        if ticket is not None:
+            model = ticket.served.entry.id
+            self.in_flight.release(ticket.served.worker.name)
+            self.metrics.in_flight.labels(ticket.endpoint, model).dec()
+            if ticket.tokens:
+                try:
+                    await self.limiter.settle(key.name, key.limits,
+                                              prompt + completion - ticket.tokens)
+                except Exception:  # a store hiccup must not lose the ledger record below
+                    log.exception("could not settle rate-limit tokens")
+        self.metrics.requests.labels(endpoint, model, str(status)).inc()
+        self.metrics.latency.labels(endpoint, model).observe(latency)
+        self.metrics.observe_usage(model, usage)
         if m.first_token_at is not None:
-            self.metrics.ttft.labels(m.model).observe(m.first_token_at - m.start)
+            self.metrics.ttft.labels(model).observe(m.first_token_at - m.start)
             decode_s = time.perf_counter() - m.first_token_at
             if completion > 1 and decode_s > 0:
-                self.metrics.tokens_per_s.labels(m.model).observe((completion - 1) / decode_s)
+                self.metrics.tokens_per_s.labels(model).observe((completion - 1) / decode_s)
         self.ledger.append(UsageRecord(
-            ts=time.time(), request_id=ctx.request_id, key_name=key.name, model=m.model,
-            endpoint=m.endpoint, status=status, prompt_tokens=prompt,
+            ts=time.time(), request_id=ctx.request_id, key_name=key.name, model=model,
+            endpoint=endpoint, status=status, prompt_tokens=prompt,
             completion_tokens=completion,
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
             cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),

@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.router.workers import Worker
+from serving.upstream.worker import Worker
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -81,9 +81,10 @@ def _forget_dead_processes(folder: str) -> None:
 
 class RouterMetrics:
     def __init__(self, shared_folder: str | None = None) -> None:
-        """`shared_folder`: the multiprocess folder, by default the one `share_metrics` set
-        up for this process; None: this process alone."""
-        self.shared_folder = shared_folder or os.environ.get(SHARED_METRICS_ENV)
+        """`shared_folder`: the multiprocess folder the router processes share (from
+        `share_metrics`, or SHARED_METRICS_ENV in the processes it starts); None: this
+        process alone."""
+        self.shared_folder = shared_folder
         # Called before each scrape (and every second with several processes): they turn
         # state kept elsewhere, such as the ledger's, into metrics.
         self.publishers: list[Callable[[], None]] = []

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from serving.config import Modality, ModelEntry
 from serving.errors import model_not_found
 from serving.router.dependencies import Ctx, ServicesDep
-from serving.router.registry import Served
+from serving.upstream.served import Served
 
 router = APIRouter()
 

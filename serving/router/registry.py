@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from serving.config import Modality, ModelEntry
+from serving.config import Modality
 from serving.errors import OpenAIError, model_not_found
 from serving.router.keys import Principal
-from serving.router.workers import Worker
-
-
-@dataclass(frozen=True)
-class Served:
-    entry: ModelEntry
-    worker: Worker
-    context_length: int | None = None
+from serving.upstream.served import Served
 
 
 class Registry:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.router.text.vllm_contract import CACHED_TOKENS, CREATED_CACHE_TOKENS, PROMPT_DETAILS
+from serving.upstream.vllm_contract import CACHED_TOKENS, CREATED_CACHE_TOKENS, PROMPT_DETAILS
 
 
 def _cache(details: dict[str, Any] | None, written: str, caching: bool) -> tuple[int, int]:

@@ -31,7 +31,7 @@ import httpx
 import sqlalchemy as sa
 
 from serving.config.deployment import VideoJobs
-from serving.router.workers import Worker
+from serving.upstream.worker import Worker
 from serving.video_jobs.artifact_health import ArtifactHealth
 from serving.video_jobs.artifacts import ArtifactStore, ArtifactsUnavailable
 from serving.video_jobs.store import Job, JobStore

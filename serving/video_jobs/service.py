@@ -1,29 +1,68 @@
-"""The video API's moving parts, started and stopped with the router: the job store, the
-artifact store, one dispatcher per video model, and the purge of deleted and expired jobs."""
+"""The video API's rules and moving parts, started and stopped with the router: the job store,
+the artifact store, one dispatcher per video model, and the purge of deleted and expired jobs.
+
+The routes (`serving/router/videos/`) turn HTTP into calls here: a job belongs to its `owner`
+(the hash of the key that created it), and any other owner gets the same 404 as for a job that
+does not exist. A database that cannot be reached is a 503 to retry, never a 500.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import re
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
+from starlette.responses import Response
 
 from serving.config import Config
 from serving.db import database_url, make_engine, migrate
-from serving.router.registry import Served
+from serving.errors import OpenAIError
+from serving.protocol.videos import VideoParams
+from serving.upstream.served import Served
 from serving.video_jobs.artifact_health import ArtifactHealth
 from serving.video_jobs.artifacts import ArtifactsUnavailable, artifact_store
 from serving.video_jobs.billing import VideoBilling
 from serving.video_jobs.dispatcher import Dispatcher
-from serving.video_jobs.store import JobStore, artifact_key
+from serving.video_jobs.store import ID_PATTERN, Job, JobStore, artifact_key
 
 log = logging.getLogger("serving.video_jobs")
 
 PURGE_EVERY_S = 60.0
 SPOOL_MAX_AGE_S = 86400.0  # files a crashed router left waiting for the store
+RETRY_AFTER_S = "5"
+
+T = TypeVar("T")
+_ID = re.compile(ID_PATTERN)
+
+
+def is_job_id(text: str) -> bool:
+    return _ID.fullmatch(text) is not None
+
+
+def not_found(video_id: str) -> OpenAIError:
+    shown = video_id if len(video_id) <= 80 else video_id[:80] + "..."
+    return OpenAIError(404, f"No video job found with id '{shown}'.", param="video_id",
+                       code="not_found")
+
+
+def _unavailable(what: str) -> OpenAIError:
+    return OpenAIError(503, f"The video {what} is unavailable right now; retry shortly.",
+                       code="service_unavailable", headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _db(call: Callable[..., T], *args: Any) -> T:
+    """A job store call off the event loop; the database unreachable is a 503 to retry."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except sa.exc.DBAPIError as e:
+        log.warning("video jobs: the database failed (%s); answered 503", e)
+        raise _unavailable("job store") from None
 
 
 class VideoService:
@@ -49,6 +88,57 @@ class VideoService:
         await asyncio.to_thread(migrate, self.engine, "videos")
         self._tasks = [asyncio.create_task(d.run()) for d in self.dispatchers.values()]
         self._tasks.append(asyncio.create_task(self._purge()))
+
+    async def create(self, owner: str, model: str, params: VideoParams) -> Job:
+        """Queue a render for `owner`, or the 429 once it has `max_queued_per_key` queued or
+        in progress. Its dispatcher wakes at once; its seconds are billed when it completes."""
+        limit = self.config.max_queued_per_key
+        if await _db(self.store.pending, owner) >= limit:
+            raise OpenAIError(429, f"This key already has {limit} video jobs queued or in "
+                              "progress; wait for one to finish.", code="too_many_pending_jobs",
+                              type="rate_limit_exceeded", headers={"Retry-After": "10"})
+        job = await _db(self.store.create, owner, model, f"{params.width}x{params.height}",
+                        str(params.seconds), params)
+        self.dispatchers[model].wake()
+        return job
+
+    async def get(self, owner: str, video_id: str) -> Job:
+        """`owner`'s job, or the 404."""
+        job = await _db(self.store.get, video_id, owner) if is_job_id(video_id) else None
+        if job is None:
+            raise not_found(video_id)
+        return job
+
+    async def list(self, owner: str, after: str | None, limit: int,
+                   newest_first: bool) -> list[Job]:
+        return await _db(self.store.list, owner, after, limit, newest_first)
+
+    async def download(self, job: Job, range_header: str | None) -> Response:
+        """The MP4 of a completed job (whole, or the `Range` asked for), or the 404 until then."""
+        response = None
+        if job.status == "completed":
+            try:
+                response = await self.artifacts.download(job.artifact_key, f"{job.id}.mp4",
+                                                          range_header)
+            except ArtifactsUnavailable as e:
+                self.health.failed("download", e)
+                raise _unavailable("store") from None
+            self.health.succeeded()
+        if response is None:
+            raise OpenAIError(404, f"Video '{job.id}' has no content yet (status: "
+                              f"{job.status}).", param="video_id", code="video_not_ready")
+        return response
+
+    async def delete(self, owner: str, job: Job) -> None:
+        """Gone from the API at once; its MP4 goes now, or at the next purge if the artifact
+        store cannot be reached. A replica rendering it stops at its next heartbeat (this one
+        at once)."""
+        if not await _db(self.store.delete, job.id, owner):
+            raise not_found(job.id)
+        if (dispatcher := self.dispatchers.get(job.model)) is not None:
+            dispatcher.cancel(job.id)
+        with contextlib.suppress(sa.exc.DBAPIError):  # marked deleted: the purge forgets it
+            await self.remove(job.id)
 
     async def remove(self, job_id: str) -> bool:
         """A deleted or expired job's MP4 out of the artifact store, then its row. False when

@@ -10,7 +10,8 @@ from serving.router.metering import Metering, endpoint_label
 
 class MeteringMiddleware:
     """Wraps every authenticated /v1/ request; sits inside auth, which sets the key. Adds the
-    rate-limit headers admission chose and hands the request's meter to `Metering.finish`."""
+    rate-limit headers of the request's admission ticket and hands the request to
+    `Metering.finish`, which gives the ticket back."""
 
     def __init__(self, app: ASGIApp, metering: Metering):
         self.app = app
@@ -22,19 +23,17 @@ class MeteringMiddleware:
         ctx = context_of(scope)
         if ctx.key is None:
             return await self.app(scope, receive, send)
-        m = ctx.meter
         status = 500
 
         async def send_with_limits(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if m.headers:
-                    message["headers"] = [*message.get("headers", []), *m.headers]
+                if ctx.ticket is not None and ctx.ticket.headers:
+                    message["headers"] = [*message.get("headers", []), *ctx.ticket.headers]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_limits)
         finally:
-            m.endpoint = endpoint_label(scope)
-            await self.metering.finish(ctx, status)
+            await self.metering.finish(ctx, endpoint_label(scope), status)

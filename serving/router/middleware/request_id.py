@@ -7,7 +7,6 @@ line the router writes for it carries it, and it is forwarded to the worker.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import secrets
@@ -15,9 +14,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.logs import request_id_var
 from serving.router.context import open_context
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("serving.access")
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -25,12 +24,6 @@ _SANE_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
-
-
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 class RequestIdMiddleware:

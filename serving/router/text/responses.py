@@ -1,134 +1,62 @@
-"""Forward a validated Responses request to vLLM's /v1/responses and relay its answer.
+"""POST /v1/responses: the request vLLM receives, and the route.
 
 vLLM runs the Responses state machine (templating, tool parsing, structured output, the typed
-stream events); the router only reshapes what vLLM writes differently from OpenAI's spec: the
-vLLM-only fields, nulls where the spec wants a value or nothing (`error` is required and may be
-null; an output text's `logprobs` is an array), and `usage`, normalised as everywhere else.
-
-A stream is relayed event by event. The per-token events (`*.delta`) are recognised by their
-`event:` line and passed on untouched; only the few others (the response's lifecycle, an item
-or content part opening or closing) are parsed and cleaned, and the closing
-`response.completed` (or `.incomplete` / `.failed`) carries the usage that is metered. vLLM
-reports no usage before that event, so a stream the client drops is metered from what the
-router saw: one output token per delta event (a lower bound: a delta is one engine step's new
-text, which may hold more than one token), and the input estimated from the request's size.
+stream events); `responses_relay.py` reshapes what it writes differently from OpenAI's spec.
+Responses are not stored, here or in vLLM: the client sends the conversation in `input`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from starlette.responses import Response
 
-from serving.router.call_worker import WorkerCall
-from serving.router.context import Meter
-from serving.router.registry import Served
-from serving.router.usage import normalize_response_usage
-from serving.sse import read_events
-
-log = logging.getLogger("serving.router")
+from serving.protocol.responses import RESPONSES_IGNORED, CreateResponseRequest
+from serving.router.call_worker import CallWorker
+from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
+from serving.router.json_body import StrictJSONRoute
+from serving.router.keys import Principal
+from serving.router.text.common import input_estimate, resolve_text_model, token_budget
+from serving.router.text.image_inputs import resolve_images, responses_image_refs
+from serving.router.text.responses_relay import relay_response
+from serving.upstream.served import Served
 
 PATH = "/v1/responses"
-# vLLM-only fields that are not part of OpenAI's Response shapes.
-_VLLM_ONLY = frozenset({"kv_transfer_params", "ec_transfer_params", "input_messages",
-                        "output_messages"})
-# Fields OpenAI's schemas require but allow to be null; every other null is dropped.
-_NULLABLE = frozenset({"error", "incomplete_details", "instructions", "metadata",
-                       "temperature", "top_p", "strict", "parameters"})
-# Events whose `response` is the final one, with usage.
-_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+router = APIRouter(route_class=StrictJSONRoute)
 
 
-def clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        out = {k: clean(v) for k, v in obj.items()
-               if k not in _VLLM_ONLY and (v is not None or k in _NULLABLE)}
-        if out.get("type") == "output_text":
-            out.setdefault("logprobs", [])
-        return out
-    if isinstance(obj, list):
-        return [clean(v) for v in obj]
-    return obj
+def vllm_request(body: CreateResponseRequest, served: Served,
+                 key: Principal) -> dict[str, Any]:
+    """The body vLLM receives for `body` (see `chat.vllm_request`)."""
+    upstream = body.model_dump(exclude_none=True, by_alias=True, exclude=RESPONSES_IGNORED)
+    upstream["model"] = served.entry.id
+    for item in upstream["input"] if isinstance(upstream["input"], list) else ():
+        if item.get("role") == "developer":  # as in chat: the templates know `system`
+            item["role"] = "system"
+    upstream["store"] = False  # vLLM keeps nothing either (its store is off unless enabled)
+    upstream["cache_salt"] = key.cache_salt  # each key its own prompt cache, as in chat
+    text_format = (upstream.get("text") or {}).get("format")
+    if text_format and text_format["type"] == "json_schema" \
+            and "json_schema" not in served.entry.capabilities:
+        upstream["text"]["format"] = {"type": "json_object"}
+    return upstream
 
 
-def _clean_response(response: dict[str, Any], caching: bool, m: Meter) -> dict[str, Any]:
-    """A response object as OpenAI shapes it; its usage, if it has any, is metered."""
-    out = clean(response)
-    out.setdefault("error", None)
-    if response.get("usage") is not None:
-        out["usage"] = m.usage = normalize_response_usage(response["usage"], caching=caching)
-    return out
-
-
-async def forward_response(call: WorkerCall, m: Meter, served: Served, body: dict[str, Any], *,
-                           tokens: int, input_estimate: int) -> Response:
-    """Call the vLLM worker with `body` (holding `tokens` of the key's budget) and answer."""
-    caching = "prefix_caching" in served.entry.capabilities
-    if not body.get("stream"):
-        # A client that leaves closes the upstream connection, and vLLM aborts the request.
-        response = await call(served, PATH, body, tokens=tokens)
-        return JSONResponse(_clean_response(response.json(), caching, m))
-    response = await call(served, PATH, body, tokens=tokens, stream=True)
-    return StreamingResponse(
-        _relay(response, caching, m, input_estimate),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _rewrite(event: bytes, caching: bool, m: Meter) -> tuple[bytes, bool]:
-    """A non-delta event, cleaned; and whether it is the final one (its usage metered)."""
-    head, sep, data = event.partition(b"\ndata: ")
-    if not sep:
-        return event, False  # not vLLM's `event:`/`data:` pair: relayed as it is
-    payload = json.loads(data)
-    response = payload.pop("response", None)
-    payload = clean(payload)
-    if isinstance(response, dict):
-        payload["response"] = _clean_response(response, caching, m)
-    final = payload.get("type") in _FINAL
-    return head + sep + json.dumps(payload, separators=(",", ":")).encode(), final
-
-
-def _error_event(sequence_number: int) -> bytes:
-    err = {"type": "error", "code": "worker_unavailable",
-           "message": "The model worker stopped mid-stream.", "param": None,
-           "sequence_number": sequence_number}
-    return b"event: error\ndata: " + json.dumps(err).encode() + b"\n\n"
-
-
-async def _relay(response: httpx.Response, caching: bool, m: Meter,
-                 input_estimate: int) -> AsyncIterator[bytes]:
-    events_seen = deltas = 0
-    finished = False
-    try:
-        async for events in read_events(response.aiter_raw()):
-            out = []
-            for event in events:
-                events_seen += 1
-                newline = event.find(b"\n")
-                if event.endswith(b".delta", 0, newline):  # `event: response.*.delta`
-                    deltas += 1
-                    if m.first_token_at is None:
-                        m.first_token()
-                    out.append(event)
-                    continue
-                rewritten, final = _rewrite(event, caching, m)
-                finished = finished or final
-                out.append(rewritten)
-            yield b"\n\n".join(out) + b"\n\n"
-    except httpx.TransportError as e:
-        # Headers are sent; the best left is to end the stream with an error event.
-        log.warning("worker stream broke: %s", e)
-        m.status_override = 502
-        yield _error_event(events_seen)
-    finally:
-        if not finished:
-            m.incomplete = True
-            m.usage = normalize_response_usage(
-                {"input_tokens": input_estimate, "output_tokens": deltas}, caching=caching)
-        await response.aclose()
+@router.post(PATH)
+async def create_response(body: CreateResponseRequest, request: Request, ctx: Ctx,
+                          registry: RegistryDep, config: ConfigDep,
+                          call: CallWorker) -> Response:
+    images_at = body.images_at()
+    served = resolve_text_model(
+        registry, ctx, body.model, PATH, tools=bool(body.tools),
+        image_param=None if images_at is None else f"input[{images_at}].content")
+    assert ctx.key is not None
+    upstream = vllm_request(body, served, ctx.key)
+    images = responses_image_refs(upstream["input"])
+    estimate = await input_estimate(request, [ref.url for ref in images])
+    await call.admit(served, token_budget(estimate, served, upstream))
+    await resolve_images(images, config.router.images)  # after admission, as in chat
+    return await relay_response(call, ctx.meter, served, PATH, upstream,
+                                input_estimate=estimate)

@@ -1,21 +1,15 @@
 """The asynchronous video API: create a job, poll it, download the MP4, list and delete jobs.
 
 `POST /v1/videos` is OpenAI's path, `POST /v1/videos/generations` this API's original one;
-both take JSON or multipart (the SDK sends multipart). A job belongs to the key that created
-it: any other key gets the same 404 as for a job that does not exist. Jobs live in the shared
-job store and MP4s in the artifact store, so any router replica answers for any job.
+both take JSON or multipart (the SDK sends multipart). The rules (a job belongs to the key that
+created it, the cap on queued jobs, what a delete does) are `VideoService`'s
+(`serving/video_jobs/service.py`); the routes turn HTTP into its calls.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import re
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -29,18 +23,9 @@ from serving.router.call_worker import CallWorker
 from serving.router.context import RequestContext
 from serving.router.dependencies import Ctx, ServicesDep, VideosDep
 from serving.router.json_body import loads
-from serving.video_jobs.artifacts import ArtifactsUnavailable
-from serving.video_jobs.service import VideoService
-from serving.video_jobs.store import ID_PATTERN, Job
-
-log = logging.getLogger("serving.video_jobs")
+from serving.video_jobs.service import is_job_id
 
 router = APIRouter()
-
-T = TypeVar("T")
-RETRY_AFTER_S = "5"
-
-_ID = re.compile(ID_PATTERN)
 
 _CREATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": VideoCreateRequest.model_json_schema()},
@@ -52,32 +37,6 @@ def _owner(ctx: RequestContext) -> str:
     """Jobs belong to the key's hash, whatever the key is named."""
     assert ctx.key is not None
     return ctx.key.sha256
-
-
-def _not_found(video_id: str) -> OpenAIError:
-    shown = video_id if len(video_id) <= 80 else video_id[:80] + "..."
-    return OpenAIError(404, f"No video job found with id '{shown}'.", param="video_id",
-                       code="not_found")
-
-
-async def _db(call: Callable[..., T], *args: Any) -> T:
-    """A job store call off the event loop; the database unreachable is a 503 to retry."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except sa.exc.DBAPIError as e:
-        log.warning("video jobs: the database failed (%s); answered 503", e)
-        raise OpenAIError(503, "The video job store is unavailable right now; retry shortly.",
-                          code="service_unavailable",
-                          headers={"Retry-After": RETRY_AFTER_S}) from None
-
-
-async def _job(videos: VideoService, ctx: RequestContext, video_id: str) -> Job:
-    if not _ID.fullmatch(video_id):
-        raise _not_found(video_id)
-    job = await _db(videos.store.get, video_id, _owner(ctx))
-    if job is None:
-        raise _not_found(video_id)
-    return job
 
 
 async def _body(request: Request) -> VideoCreateRequest:
@@ -107,23 +66,12 @@ async def create_video(request: Request, ctx: Ctx, services: ServicesDep,
                        call: CallWorker) -> dict[str, Any]:
     body = await _body(request)
     served = services.registry.resolve(body.model, Modality.video, "/v1/videos", ctx.key)
-    assert served.entry.video is not None
+    assert served.entry.video is not None and services.videos is not None
     params = resolve_video_request(body, served.entry.video, random_seed())
     # The job is queued, not sent: admission only; the dispatcher hands it to the worker.
     await call.admit(served)
-    videos = services.videos
-    assert videos is not None  # there is a video model
-    store = videos.store
-    owner = _owner(ctx)
-    limit = videos.config.max_queued_per_key
-    if await _db(store.pending, owner) >= limit:
-        raise OpenAIError(429, f"This key already has {limit} video jobs queued or in "
-                          "progress; wait for one to finish.", code="too_many_pending_jobs",
-                          type="rate_limit_exceeded", headers={"Retry-After": "10"})
-    job = await _db(store.create, owner, served.entry.id, f"{params.width}x{params.height}",
-                    str(params.seconds), params)
-    videos.dispatchers[served.entry.id].wake()
-    return job.resource()  # its seconds are billed when the render completes
+    job = await services.videos.create(_owner(ctx), served.entry.id, params)
+    return job.resource()
 
 
 for _path in ("/v1/videos", "/v1/videos/generations"):
@@ -138,10 +86,10 @@ async def list_videos(
     limit: int = Query(default=20, ge=1, le=100),
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
 ) -> dict[str, Any]:
-    if after is not None and not _ID.fullmatch(after):
+    if after is not None and not is_job_id(after):
         raise invalid_request(f"Invalid value for 'after': '{after}' is not a video id.",
                               param="after", code="invalid_value")
-    jobs = await _db(videos.store.list, _owner(ctx), after, limit + 1, order == "desc")
+    jobs = await videos.list(_owner(ctx), after, limit + 1, order == "desc")
     page = jobs[:limit]
     return {
         "object": "list",
@@ -153,7 +101,7 @@ async def list_videos(
 
 
 async def retrieve_video(video_id: str, ctx: Ctx, videos: VideosDep) -> dict[str, Any]:
-    return (await _job(videos, ctx, video_id)).resource()
+    return (await videos.get(_owner(ctx), video_id)).resource()
 
 
 for _path in ("/v1/videos/{video_id}", "/v1/videos/generations/{video_id}"):
@@ -163,38 +111,17 @@ for _path in ("/v1/videos/{video_id}", "/v1/videos/generations/{video_id}"):
 @router.get("/v1/videos/{video_id}/content")
 async def download_video(video_id: str, request: Request, ctx: Ctx, videos: VideosDep,
                          variant: str = Query(default="video")) -> Response:
-    job = await _job(videos, ctx, video_id)
+    job = await videos.get(_owner(ctx), video_id)
     if variant != "video":
         raise invalid_request(f"Invalid value for 'variant': only 'video' is available, not "
                               f"'{variant}'.", param="variant", code="invalid_value")
-    response = None
-    if job.status == "completed":
-        try:
-            response = await videos.artifacts.download(job.artifact_key, f"{job.id}.mp4",
-                                                       request.headers.get("range"))
-        except ArtifactsUnavailable as e:
-            videos.health.failed("download", e)
-            raise OpenAIError(503, "The video store is unavailable right now; retry shortly.",
-                              code="service_unavailable",
-                              headers={"Retry-After": RETRY_AFTER_S}) from None
-        videos.health.succeeded()
-    if response is None:
-        raise OpenAIError(404, f"Video '{video_id}' has no content yet (status: {job.status}).",
-                          param="video_id", code="video_not_ready")
-    return response
+    return await videos.download(job, request.headers.get("range"))
 
 
 @router.delete("/v1/videos/{video_id}")
 async def delete_video(video_id: str, ctx: Ctx, videos: VideosDep) -> dict[str, Any]:
-    """Gone from the API at once; its MP4 goes now, or at the next purge if the artifact store
-    cannot be reached. A replica rendering it stops at its next heartbeat (this one at once)."""
-    job = await _job(videos, ctx, video_id)
-    if not await _db(videos.store.delete, job.id, _owner(ctx)):
-        raise _not_found(video_id)
-    if (dispatcher := videos.dispatchers.get(job.model)) is not None:
-        dispatcher.cancel(job.id)
-    with contextlib.suppress(sa.exc.DBAPIError):  # it is marked deleted: the purge forgets it
-        await videos.remove(job.id)
+    job = await videos.get(_owner(ctx), video_id)
+    await videos.delete(_owner(ctx), job)
     return {"id": job.id, "object": "video.deleted", "deleted": True}
 
 

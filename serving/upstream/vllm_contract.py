@@ -72,6 +72,18 @@ VLLM_ONLY = frozenset({
 })
 
 
+# The Responses API (`/v1/responses`, relayed by `serving/router/text/responses_relay.py`):
+# - every stream event is `event: <type>` then `data: <json>` on the next line;
+# - the per-token events' types end in `.delta` (`response.output_text.delta`...): they are
+#   relayed by their bytes, never parsed;
+# - vLLM reports usage only in the closing `response.completed` (or `.incomplete`/`.failed`);
+# - the response objects carry these vLLM-only fields, dropped before the client sees them.
+RESPONSES_DATA = b"\ndata: "
+RESPONSES_DELTA = b".delta"
+RESPONSES_VLLM_ONLY = frozenset({"kv_transfer_params", "ec_transfer_params", "input_messages",
+                                 "output_messages"})
+
+
 def stream_options() -> dict[str, Any]:
     """A fresh copy of STREAM_OPTIONS for one request body."""
     return dict(STREAM_OPTIONS)

@@ -1,5 +1,5 @@
-"""The router's side of a worker: its replicas, each one pool of connections (aiohttp's, under
-httpx: `worker_transport.py`), and their failures as OpenAI errors.
+"""A worker as its callers see it (the router's routes, the video dispatchers): its replicas
+(`replica.py`), which of them takes a request, and their failures as OpenAI errors.
 
 A worker is one process, or a pool of replicas (`workers.NAME.replicas` or `endpoints`):
 - a chat pool is reached through its pool router (the `gateway`: a cache-aware router started
@@ -25,11 +25,10 @@ import httpx
 
 from serving.config.deployment import Timeouts
 from serving.errors import OpenAIError
-from serving.router.worker_transport import AiohttpTransport
+from serving.upstream.errors import unavailable
+from serving.upstream.replica import Replica
 
-log = logging.getLogger("serving.router")
-
-RETRY_AFTER_S = "5"
+log = logging.getLogger("serving.upstream")
 
 
 @dataclass(frozen=True)
@@ -40,62 +39,6 @@ class Endpoints:
     replicas: tuple[str, ...]
     gateway: str | None = None
     gateway_metrics: str | None = None
-
-
-class Replica:
-    """One process serving a worker's model, reached over HTTP with its own connections."""
-
-    def __init__(self, name: str, index: int | None, base_url: str, timeouts: Timeouts,
-                 max_connections: int, health_path: str = "/health"):
-        self.name = name
-        self.index = index  # its `replica` label; None for a worker's only process
-        self.base_url = base_url
-        self.health_path = health_path
-        self.in_flight = 0
-        self.up = True  # as the last health check or connection attempt found it
-        self.transport = AiohttpTransport(max_connections)
-        # Builds requests and serves the odd GET (health, metrics); `send` sends them.
-        self.client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(timeouts.chat_s, connect=timeouts.connect_s),
-            transport=self.transport,
-        )
-        self._urls: dict[str, httpx.URL] = {}
-
-    def url(self, path: str) -> httpx.URL:
-        """`path` on this replica, parsed once (parsing is a good part of httpx's cost)."""
-        url = self._urls.get(path)
-        if url is None:  # as httpx merges a path into its base URL (a prefix stays)
-            base = self.client.base_url
-            url = base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode())
-            self._urls[path] = url
-        return url
-
-    async def send(self, request: httpx.Request, stream: bool) -> httpx.Response:
-        """Straight to the transport: what `AsyncClient.send` adds (cookies, auth, redirects,
-        event hooks) is nothing a worker uses, and cost a tenth of a short chat."""
-        response = await self.transport.handle_async_request(request)
-        if not stream:
-            try:
-                await response.aread()
-            except BaseException:
-                await response.aclose()  # a half-read answer: drop its connection
-                raise
-        return response
-
-    def move_to(self, base_url: str) -> None:
-        """The replica was restarted on another port: send new requests there. Connections
-        pooled to the old port only ever reach a dead process, so they fail over as one."""
-        self.base_url = base_url
-        self.client.base_url = httpx.URL(base_url)
-        self._urls = {}
-
-    async def healthy(self) -> bool:
-        try:
-            r = await self.client.get(self.health_path, timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
 
 
 class Worker:
@@ -154,12 +97,7 @@ class Worker:
                 member.move_to(url)
 
     def unavailable(self) -> OpenAIError:
-        return OpenAIError(
-            503,
-            f"The model worker '{self.name}' is not available right now; retry shortly.",
-            code="worker_unavailable",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
+        return unavailable(self.name)
 
     def pick(self, tried: frozenset[Replica] = frozenset()) -> Replica | None:
         """The target with the fewest requests in flight among those up (all of them if none
@@ -331,23 +269,3 @@ class _Released(httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             self._release()
-
-
-def upstream_error(response: httpx.Response) -> OpenAIError:
-    """A worker's own error reply, re-worded into the envelope with a string-or-null `code`."""
-    status = response.status_code
-    message, param = f"The model worker answered HTTP {status}.", None
-    try:
-        err = response.json().get("error")
-        if isinstance(err, dict):
-            message = str(err.get("message") or message)
-            param = err.get("param") if isinstance(err.get("param"), str) else None
-        elif isinstance(err, str):
-            message = err
-    except (ValueError, AttributeError):
-        pass
-    if status >= 500:
-        # The worker failed, not the request; 503 stays 503 so clients retry it.
-        return OpenAIError(503 if status == 503 else 502, f"The model worker failed: {message}",
-                           headers={"Retry-After": RETRY_AFTER_S} if status == 503 else None)
-    return OpenAIError(status, message, param=param)

@@ -1,4 +1,4 @@
-"""Forward a validated chat/completions request to vLLM and relay its answer.
+"""Send a chat or legacy completions request to vLLM and relay its answer.
 
 The router's hot path. Non-streamed answers are parsed once to clean them up (usage, fields the
 spec does not allow as null, vLLM-only fields). Streamed answers are relayed event by event as
@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from serving.errors import OpenAIError
 from serving.router.call_worker import WorkerCall
 from serving.router.context import Meter
-from serving.router.registry import Served
-from serving.router.text import vllm_contract as contract
 from serving.router.usage import normalize_usage
 from serving.sse import read_events, sse_event
+from serving.upstream import vllm_contract as contract
+from serving.upstream.served import Served
 
 log = logging.getLogger("serving.router")
 
@@ -45,9 +45,11 @@ def clean(obj: Any) -> Any:
     return obj
 
 
-async def forward(call: WorkerCall, m: Meter, served: Served, path: str,
-                  body: dict[str, Any], *, tokens: int) -> Response:
-    """Call the vLLM worker with `body` (holding `tokens` of the key's budget) and answer."""
+async def relay(call: WorkerCall, m: Meter, served: Served, path: str, body: dict[str, Any],
+                include_usage: bool, *, tokens: int = 0) -> Response:
+    """Call the vLLM worker with `body` (as the endpoint's `vllm_request` made it; admitted
+    with `tokens` unless the route admitted it already) and answer. A stream's closing usage
+    event reaches the client only with `include_usage`, as the client asked."""
     caching = "prefix_caching" in served.entry.capabilities
     if not body.get("stream"):
         # A client that leaves aborts the generation: closing the upstream connection makes
@@ -56,14 +58,9 @@ async def forward(call: WorkerCall, m: Meter, served: Served, path: str,
         data = clean(response.json())
         data["usage"] = m.usage = normalize_usage(data.get("usage"), caching=caching)
         return JSONResponse(data)
-
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    # Usage on every chunk, so a stream the client drops is still metered to the token; the
-    # relay takes it out of each chunk again.
-    body["stream_options"] = contract.stream_options()
     response = await call(served, path, body, tokens=tokens, stream=True)
     return StreamingResponse(
-        _relay(response, include_usage, caching, m),
+        _relay_stream(response, include_usage, caching, m),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -95,7 +92,7 @@ def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> 
     return b"data: " + json.dumps(clean(chunk), separators=(",", ":")).encode()
 
 
-async def _relay(
+async def _relay_stream(
     response: httpx.Response, include_usage: bool, caching: bool, m: Meter
 ) -> AsyncIterator[bytes]:
     last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
