@@ -22,7 +22,9 @@ from pathlib import Path
 
 import av
 import httpx
-from harness import start_background_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from anywhere
+from tests.support.harness import start_background_stack
 
 SHORT = "The quick brown fox jumps over the lazy dog."
 LONG = " ".join([

@@ -185,9 +185,9 @@ def plot(results: list[Result], width: int = 50) -> str:
 def chat_only_stack(configs: list[Path], model: str, workdir: Path):
     """`serving up` with only the chat worker: the others would only compete for the cores.
     Returns the stack and the chat worker's name."""
-    from harness import start_background_stack
-
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
     from serving.config import load_config
+    from tests.support.harness import start_background_stack
 
     workers = load_config(configs).workers
     chat = next(n for n, w in workers.items() if model in w.entry.names())

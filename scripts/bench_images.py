@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import httpx
-from harness import start_background_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from anywhere
+from tests.support.harness import start_background_stack
 
 
 def pct(values: list[float], q: float) -> float:

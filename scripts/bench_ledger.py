@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import gc
 import secrets
+import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-import local_servers
-
 from serving.config.deployment import LedgerConfig
 from serving.ledger import Ledger, UsageRecord
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from anywhere
+from tests.support import local_servers
 
 
 def record(i: int) -> UsageRecord:

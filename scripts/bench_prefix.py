@@ -115,7 +115,8 @@ def local_pool(replicas: list[Proc], tokenizer: Path, workdir: Path) -> Pool:
 def stack_pool(args: argparse.Namespace, configs: list[Path], workdir: Path) -> Pool:
     """Variants through `serving up` itself: the chat worker alone, with `replicas` and the
     variant's routing; the usage then carries the router's `cache_read_input_tokens`."""
-    from harness import start_background_stack
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+    from tests.support.harness import start_background_stack
 
     workers = load_config(configs).workers
 

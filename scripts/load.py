@@ -529,9 +529,9 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def start_stack(configs: list[Path], disable: set[str], rpm: int | None):
-    from harness import start_background_stack
-
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
     from serving.config import load_config
+    from tests.support.harness import start_background_stack
 
     workers = load_config(configs).workers
     workdir = Path(tempfile.mkdtemp(prefix="load-"))

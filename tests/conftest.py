@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import local_servers
 import pytest
 import redis
-from harness import BackgroundStack, start_background_stack
+
+from tests.support import local_servers
+from tests.support.harness import BackgroundStack, start_background_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test"

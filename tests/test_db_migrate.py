@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from serving.db import make_engine, migrate
-from serving.db.migrate import MIGRATIONS, current_revision
+from serving.db.migrate import MIGRATIONS
 
 # What the last release before migrations created (serving/ledger/store.py and
 # serving/video_jobs/store.py at that time), frozen here.
@@ -54,6 +54,16 @@ PRE_MIGRATION_VIDEOS = """CREATE TABLE IF NOT EXISTS videos (
 CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner, seq);
 CREATE INDEX IF NOT EXISTS videos_queue ON videos (model, status, seq);
 """
+
+
+def current_revision(engine: sa.Engine, store: str) -> str | None:
+    """The revision `store`'s tables are at, as Alembic recorded it."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": f"alembic_version_{store}"})
+        return context.get_current_revision()
 
 
 def _head(store: str) -> str:

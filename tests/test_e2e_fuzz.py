@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import requests
-from harness import BackgroundStack
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CHAT_MODEL, validate_openai
+from tests.support.harness import BackgroundStack
 
 pytestmark = pytest.mark.e2e
 

@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import local_servers
 import openai
 import pytest
 import redis
-from harness import BackgroundStack, start_background_router, start_background_stack
 
 from serving.launcher.supervisor import free_port
 from serving.router.keys import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
+from tests.support import local_servers
+from tests.support.harness import BackgroundStack, start_background_router, start_background_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import BackgroundStack
 from openai import OpenAI
 
 from serving.config import load_config
@@ -28,6 +27,7 @@ from serving.config.deployment import Routing
 from serving.launcher.pools import pool_router_spec
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, start_stack
+from tests.support.harness import BackgroundStack
 
 pytestmark = pytest.mark.e2e
 

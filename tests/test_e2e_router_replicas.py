@@ -17,11 +17,11 @@ import httpx
 import psutil
 import pytest
 from conftest import create_database, drop_database
-from harness import BackgroundStack, start_background_router, start_background_stack
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, ROOT
+from tests.support.harness import BackgroundStack, start_background_router, start_background_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from harness import start_background_router
 
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, ROOT
+from tests.support.harness import start_background_router
 
 pytestmark = pytest.mark.e2e
 

@@ -21,14 +21,14 @@ import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
-from harness import (
+
+from tests.conftest import ROOT
+from tests.support.harness import (
     BackgroundRouter,
     BackgroundStack,
     start_background_router,
     start_background_stack,
 )
-
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 

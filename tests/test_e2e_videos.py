@@ -9,9 +9,9 @@ import av
 import httpx
 import openai
 import pytest
-from harness import BackgroundStack
 
 from tests.conftest import CHAT_MODEL, start_stack, validate_openai
+from tests.support.harness import BackgroundStack
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import CHAT_MODEL
-from tests.image_server import data_url, encoded, serve_images
+from tests.support.images import data_url, encoded, serve_images
 
 pytestmark = pytest.mark.e2e
 

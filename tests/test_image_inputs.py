@@ -23,7 +23,7 @@ from serving.router.text.image_inputs import (
     resolve_images,
     responses_image_refs,
 )
-from tests.image_server import data_url, encoded, serve_images
+from tests.support.images import data_url, encoded, serve_images
 
 LOOPBACK = ImageInputs(allow_networks=["127.0.0.0/8"])
 

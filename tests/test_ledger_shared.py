@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import local_servers
 import pytest
 from conftest import create_database, drop_database
 from fastapi.testclient import TestClient
@@ -36,6 +35,7 @@ from serving.ledger import Ledger, UsageRecord
 from serving.ledger.metrics import LedgerMetrics
 from serving.router.app import create_app
 from serving.router.keys import keys_from_env, principals
+from tests.support import local_servers
 
 WAIT_S = 120  # deadline for a condition on a slow, busy machine; never a timing assertion
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.config.deployment import Timeouts
 from serving.router.metrics import RouterMetrics, merge_worker_metrics
 from serving.upstream.worker import Endpoints, Worker
-from tests.loopback_http import LoopbackServer, QuietHandler
+from tests.support.loopback import LoopbackServer, QuietHandler
 
 
 def vllm_exposition(model: str, prompt_tokens: int, running: int) -> str:

@@ -27,7 +27,7 @@ from serving.launcher.runtime_file import write_runtime
 from serving.launcher.supervisor import Supervisor, WorkerSpec, free_port
 from serving.launcher.worker_set import worker_endpoints, worker_specs
 from serving.upstream.worker import Endpoints, Worker
-from tests.loopback_http import LoopbackServer, QuietHandler
+from tests.support.loopback import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import local_servers
 import pytest
 import redis
 
@@ -26,6 +25,7 @@ from serving.router.ratelimit import (
     format_duration,
     make_store,
 )
+from tests.support import local_servers
 
 
 @dataclass

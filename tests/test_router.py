@@ -137,8 +137,7 @@ def test_body_limit_is_a_413_envelope(tmp_path: Path):
 
     r = client.post("/v1/chat/completions", content=chunks(),
                     headers={"content-type": "application/json"})
-    assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param",
-                                                                "code"}
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     # Unauthenticated requests are turned away before their body is even looked at.
     r = client.post("/v1/chat/completions", json=body, headers={"Authorization": ""})
     assert r.status_code == 401
@@ -456,3 +455,25 @@ def test_an_image_reserves_its_tokens_not_its_bytes(tmp_path: Path):
     assert ask("word " * 3200).status_code == 429
     image = [{"type": "text", "text": "?"}, {"type": "image_url", "image_url": {"url": url}}]
     assert ask(image).status_code == 503  # admitted; the worker is down
+
+
+def test_a_key_over_its_limit_makes_the_router_fetch_nothing(tmp_path: Path):
+    """Admission comes before the work it should prevent: the image URL of a request that
+    the key's limits refuse is never fetched."""
+    from tests.support.images import encoded, serve_images
+
+    seen: list[str] = []
+    with serve_images({"/red.png": encoded("PNG")}, seen=seen) as url:
+        client = router(tmp_path, "router: {images: {allow_networks: ['127.0.0.1/32']}}",
+                        limits=Limits(requests_per_minute=1))
+
+        def ask() -> httpx.Response:
+            return client.post("/v1/chat/completions", json={
+                "model": "smollm2-135m-instruct", "max_tokens": 2,
+                "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": f"{url}/red.png"}}]}]})
+
+        assert ask().status_code == 503  # admitted and fetched; the worker is down
+        assert seen == ["/red.png"]
+        assert ask().status_code == 429
+        assert seen == ["/red.png"]  # refused before any fetch

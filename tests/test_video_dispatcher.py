@@ -19,7 +19,7 @@ from serving.video_jobs.artifact_health import ArtifactHealth
 from serving.video_jobs.artifacts import LocalArtifacts
 from serving.video_jobs.dispatcher import Dispatcher
 from serving.video_jobs.store import JobStore
-from tests.loopback_http import LoopbackServer, QuietHandler
+from tests.support.loopback import LoopbackServer, QuietHandler
 from tests.test_video_jobs_store import MODEL, OWNER, params
 
 MP4 = b"\x00\x00\x00\x18ftypmp42 not really a video"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,13 @@ from serving.config.catalog import ModelEntry
 from serving.config.deployment import Config
 from serving.config.engines import ENGINE_ARGS, VllmArgs
 from serving.config.keys import duplicate_key_name
+from serving.errors import param_path
 
 KeyPath = tuple[str | int, ...]
 
 
 class ConfigError(Exception):
     """A config problem, already worded for the operator: `file: key: problem`."""
-
-
-def dotted(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -83,7 +77,7 @@ def _validation_message(
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{file}: {dotted(loc)}: {msg}")
+        lines.append(f"{file}: {param_path(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

@@ -39,12 +39,3 @@ def migrate(engine: sa.Engine, store: Store) -> None:
             lock = zlib.crc32(f"serving-migrate-{store}".encode())
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
         command.upgrade(alembic_config(store, connection), "head")
-
-
-def current_revision(engine: sa.Engine, store: Store) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"version_table": f"alembic_version_{store}"})
-        return context.get_current_revision()

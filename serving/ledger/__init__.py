@@ -1,7 +1,7 @@
 """The usage ledger: what every request cost, per key, model and endpoint (SQLite by default,
 PostgreSQL shared by router replicas)."""
 
-from serving.ledger.queries import GROUP_FIELDS, LedgerNotFound, query_records, query_totals
+from serving.ledger.queries import GROUP_FIELDS, LedgerNotFound, query_totals
 from serving.ledger.record import UsageRecord
 from serving.ledger.report import format_table, parse_since
 from serving.ledger.store import Ledger, LedgerState, ledger_path
@@ -15,6 +15,5 @@ __all__ = [
     "format_table",
     "ledger_path",
     "parse_since",
-    "query_records",
     "query_totals",
 ]

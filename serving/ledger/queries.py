@@ -150,12 +150,6 @@ def query_totals(where: str | Path, since: float | None = None, until: float | N
     return _read(where, missing_ok, lambda conn: totals(conn, since, until, by))
 
 
-def query_records(where: str | Path, since: float | None = None,
-                  limit: int = 100) -> list[UsageRecord]:
-    """The latest `limit` records (at or after `since`) at `where`, oldest first."""
-    return _read(where, False, lambda conn: records(conn, since, limit))
-
-
 def display_url(url: str) -> str:
     """`url` for messages: a SQLite file's path, or the URL without its password."""
     if is_sqlite(url) and (path := sqlite_path(url)) is not None:

@@ -112,8 +112,3 @@ class AudioEncoder:
         for frame in frames:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-
-
-def encode_all(samples: np.ndarray, fmt: AudioFormat, sample_rate: int) -> bytes:
-    encoder = AudioEncoder(fmt, sample_rate)
-    return encoder.header() + encoder.encode(samples) + encoder.close()

@@ -117,6 +117,14 @@ def transcription_fields(form: Any) -> TranscriptionFields:
         raise validation_error(e.errors()) from None
 
 
+def file_too_large(max_bytes: int, size: int | None = None) -> OpenAIError:
+    """An upload over a model's `max_file_bytes` (or, with no size, a body past every
+    model's): the one 413 of transcriptions."""
+    found = "The file is larger" if size is None else f"The file is {size} bytes, larger"
+    return OpenAIError(413, f"{found} than the {max_bytes} bytes allowed.", param="file",
+                       code="file_too_large")
+
+
 def check_audio_file(form: Any, options: TranscriptionOptions) -> Any:
     """The uploaded file: present, of an allowed type by its name, not too big."""
     upload = form.get("file")
@@ -129,8 +137,7 @@ def check_audio_file(form: Any, options: TranscriptionOptions) -> Any:
         raise invalid_request(f"Invalid file format. Supported formats: "
                               f"{AUDIO_EXTENSIONS}", param="file", code="invalid_value")
     if upload.size is not None and upload.size > options.max_file_bytes:
-        raise OpenAIError(413, f"The file is {upload.size} bytes; the limit is "
-                          f"{options.max_file_bytes}.", param="file", code="file_too_large")
+        raise file_too_large(options.max_file_bytes, upload.size)
     return upload
 
 

@@ -24,7 +24,7 @@ from serving.router.dependencies import install_services
 from serving.router.images import routes as image_routes
 from serving.router.keys import Principal
 from serving.router.middleware.auth import AuthMiddleware
-from serving.router.middleware.body_size import BodySizeLimitMiddleware
+from serving.router.middleware.body_size import BodySizeLimitMiddleware, body_limit
 from serving.router.middleware.metering import MeteringMiddleware
 from serving.router.middleware.request_id import RequestIdMiddleware
 from serving.router.services import Services, build_services
@@ -49,13 +49,15 @@ def middleware(services: Services) -> list[Middleware]:
         allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
         expose_headers=["X-Request-Id"],
     )] if router.cors_origins else []
+    uploads = audio_routes.upload_limit(services.registry)
+    per_path = {audio_routes.TRANSCRIPTIONS: uploads} if uploads else {}
     return [
         Middleware(RequestIdMiddleware),
         *cors,
         Middleware(AuthMiddleware, keys=services.keys),
         Middleware(MeteringMiddleware, metering=services.metering),
-        Middleware(BodySizeLimitMiddleware, max_bytes=router.max_body_bytes,
-                   exempt=("/v1/audio/transcriptions",)),
+        Middleware(BodySizeLimitMiddleware, limit=body_limit(router.max_body_bytes),
+                   per_path=per_path),
     ]
 
 

@@ -70,20 +70,12 @@ class Worker:
         self._health: asyncio.Task | None = None
 
     @property
-    def base_url(self) -> str:
-        return self.targets[0].base_url
-
-    @property
     def pooled(self) -> bool:
         return len(self.replicas) > 1
 
     def member(self, name: str) -> Replica:
         """The replica (or pool router) the launcher runs as process `name`."""
         return next(r for r in [*self.replicas, *self.targets] if r.name == name)
-
-    def move_to(self, base_url: str) -> None:
-        """A worker of one process was restarted on another port."""
-        self.targets[0].move_to(base_url)
 
     def follow(self, endpoints: Endpoints) -> None:
         """Point each replica (and the pool router) at where `endpoints` says it is now: a

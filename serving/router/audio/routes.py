@@ -15,11 +15,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response, StreamingResponse
 
 from serving.config import Modality
-from serving.errors import OpenAIError, invalid_request
+from serving.errors import invalid_request
 from serving.protocol.audio import (
     AUDIO_SECONDS_HEADER,
     SpeechRequest,
     check_audio_file,
+    file_too_large,
     resolve_speech_request,
     resolve_transcription,
     transcription_fields,
@@ -28,8 +29,12 @@ from serving.router.call_worker import CallWorker
 from serving.router.context import Meter
 from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
+from serving.router.middleware.body_size import BodyLimit
+from serving.router.registry import Registry
 
 router = APIRouter(route_class=StrictJSONRoute)
+
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
 # Room for the multipart framing and the other fields around the file itself.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -63,28 +68,20 @@ async def create_speech(body: SpeechRequest, ctx: Ctx, registry: RegistryDep,
     return _relay(response, ctx.meter)
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The whole body, or a 413 as soon as it is known to be too big (before reading it)."""
-    too_big = OpenAIError(413, f"The request is larger than the {limit} bytes allowed.",
-                          code="request_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+def upload_limit(registry: Registry) -> BodyLimit | None:
+    """The body cap of a transcription: the largest file a configured model takes, plus the
+    multipart framing around it (the body-size middleware applies it as the body arrives)."""
+    largest = max((s.entry.transcription.max_file_bytes for s in registry.served
+                   if s.entry.transcription is not None), default=None)
+    if largest is None:
+        return None
+    return BodyLimit(largest + FORM_OVERHEAD_BYTES, file_too_large(largest))
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post(TRANSCRIPTIONS)
 async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep,
                                config: ConfigDep, call: CallWorker) -> Response:
-    limit = max((s.entry.transcription.max_file_bytes for s in registry.served
-                 if s.entry.transcription is not None), default=0) + FORM_OVERHEAD_BYTES
-    raw = await _read_capped(request, limit)
+    raw = await request.body()  # capped by the body-size middleware (`upload_limit`)
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise invalid_request("Transcriptions take multipart/form-data with a 'file' part.",
@@ -101,7 +98,7 @@ async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep
     try:
         fields = transcription_fields(form)
         served = registry.resolve(fields.model, Modality.transcription,
-                                  "/v1/audio/transcriptions", ctx.key)
+                                  TRANSCRIPTIONS, ctx.key)
         options = served.entry.transcription
         check_audio_file(form, options)
         resolve_transcription(fields, options)
@@ -109,7 +106,7 @@ async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep
         await form.close()
     # The worker gets the upload as it came; it knows its model by any of its names. A
     # transcription answers once it is done: a client that leaves before cancels it.
-    response = await call(served, "/v1/audio/transcriptions", content=raw,
+    response = await call(served, TRANSCRIPTIONS, content=raw,
                           content_type=content_type, stream=True,
                           timeout=config.router.timeouts.audio_s)
     return _relay(response, ctx.meter)

@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import OpenAIError
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    max_bytes: int
+    error: OpenAIError  # the 413 a body over `max_bytes` gets
+
+
+def body_limit(max_bytes: int) -> BodyLimit:
+    return BodyLimit(max_bytes, OpenAIError(
+        413, f"The request body is larger than the {max_bytes} bytes allowed.",
+        code="request_too_large"))
+
+
 class BodySizeLimitMiddleware:
-    """Rejects a body over `max_bytes` from its Content-Length at once, and a chunked one as
-    soon as it passes the limit. Paths in `exempt` enforce their own (larger) limits."""
+    """Rejects a body over its limit from its Content-Length at once, and a chunked one as
+    soon as it passes the limit. Paths in `per_path` have limits of their own (transcription
+    uploads: the largest file a model takes); the one error is theirs too."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()):
+    def __init__(self, app: ASGIApp, limit: BodyLimit, per_path: Mapping[str, BodyLimit]):
         self.app = app
-        self.max_bytes = max_bytes
-        self.exempt = exempt
-
-    def _message(self) -> str:
-        return f"The request body is larger than the {self.max_bytes} bytes allowed."
+        self.limit = limit
+        self.per_path = per_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.per_path.get(scope["path"], self.limit)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            error = OpenAIError(413, self._message(), code="request_too_large")
-            return await error.response()(scope, receive, send)
+        if declared.isdigit() and int(declared) > limit.max_bytes:
+            return await limit.error.response()(scope, receive, send)
         received = 0
 
         async def limited() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # FastAPI passes HTTPExceptions from body parsing through unchanged.
-                raise HTTPException(413, self._message())
+            if received > limit.max_bytes:
+                # FastAPI passes HTTPExceptions from body parsing through unchanged; the error
+                # handlers answer with the envelope they carry.
+                raise HTTPException(413) from limit.error
             return message
 
         await self.app(scope, limited, send)

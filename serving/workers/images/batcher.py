@@ -24,7 +24,6 @@ class Batcher:
         self.max_images = max_images
         self._queue: deque[tuple[ImageJob, asyncio.Future[ImageJob]]] = deque()
         self._wakeup = asyncio.Event()
-        self.batches_run = 0
 
     def submit(self, params: ImageParams) -> tuple[ImageJob, asyncio.Future[ImageJob]]:
         job = self.engine.new_job(params)
@@ -65,7 +64,6 @@ class Batcher:
                     error = e
                 else:
                     error = None
-                self.batches_run += 1
                 for job, future in batch:
                     if future.done():
                         continue

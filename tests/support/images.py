@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
+
+from tests.support.loopback import LoopbackServer, QuietHandler
 
 
 def encoded(fmt: str, size: tuple[int, int] = (96, 64),
@@ -32,11 +32,15 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 
 
 @contextmanager
-def serve_images(files: dict[str, bytes], unsized: Collection[str] = ()) -> Iterator[str]:
-    """The server's base URL, e.g. http://127.0.0.1:PORT, while the block runs."""
+def serve_images(files: dict[str, bytes], unsized: Collection[str] = (),
+                 seen: list[str] | None = None) -> Iterator[str]:
+    """The server's base URL, e.g. http://127.0.0.1:PORT, while the block runs; every path
+    asked for is appended to `seen`."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
+            if seen is not None:
+                seen.append(self.path)
             if self.path.startswith("/to/"):
                 target = self.path.removeprefix("/to/")
                 self.send_response(302)
@@ -54,14 +58,8 @@ def serve_images(files: dict[str, bytes], unsized: Collection[str] = ()) -> Iter
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    server = LoopbackServer(Handler)
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield server.url
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        server.close()
