@@ -11,6 +11,7 @@ import pytest
 from serving.config import ConfigError, load_catalog, load_config
 from serving.config.loader import deep_merge
 from serving.launcher.worker_set import worker_specs
+from tests.support.vllm_args import vllm_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,13 +44,13 @@ def test_gpu_config_is_a_real_h100_deployment():
     assert chat.entry.source.hub == "Qwen/Qwen2.5-7B-Instruct"
     assert {"tool_use", "prefix_caching"} <= chat.entry.capabilities
     spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
-    argv = " ".join(spec.argv)
-    for flag in ("--dtype bfloat16", "--enable-prefix-caching", "--enable-prompt-tokens-details",
-                 "--enable-auto-tool-choice --tool-call-parser hermes",
-                 "--tensor-parallel-size 1", "--gpu-memory-utilization 0.3",
-                 "--kv-cache-memory-bytes 5G"):
-        assert flag in argv
-    assert "--enforce-eager" not in argv
+    vllm = vllm_args(spec)
+    assert vllm.dtype == "bfloat16"
+    assert vllm.enable_prefix_caching and vllm.enable_prompt_tokens_details
+    assert vllm.enable_auto_tool_choice and vllm.tool_call_parser == "hermes"
+    assert (vllm.tensor_parallel_size, vllm.gpu_memory_utilization) == (1, 0.3)
+    assert vllm.kv_cache_memory_bytes == 5 * 2**30
+    assert not vllm.enforce_eager
     assert spec.env["CUDA_VISIBLE_DEVICES"] == "0"
 
 
@@ -60,24 +61,24 @@ def test_the_h200_config_serves_a_vision_model_with_tools():
     assert {"vision", "tool_use", "prefix_caching"} <= vision.entry.capabilities
     assert "vision" not in cfg.workers["chat"].entry.capabilities
     specs = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
-    argv = " ".join(next(s for s in specs if s.name == "vision").argv)
-    for flag in ("--enable-auto-tool-choice --tool-call-parser hermes",
-                 '--limit-mm-per-prompt {"image": 8}', "--kv-cache-memory-bytes 8G"):
-        assert flag in argv
+    vllm = vllm_args(next(s for s in specs if s.name == "vision"))
+    assert vllm.enable_auto_tool_choice and vllm.tool_call_parser == "hermes"
+    assert vllm.limit_mm_per_prompt == {"image": 8}
+    assert vllm.kv_cache_memory_bytes == 8 * 2**30
 
 
 def test_cpu_config_flags():
     cfg = load_config([ROOT / "configs" / "cpu.yaml"])
     spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
-    argv = " ".join(spec.argv)
-    assert "-m vllm.entrypoints.openai.api_server" in argv
-    assert "--host 127.0.0.1" in argv
-    assert "--enforce-eager" in argv and "--kv-cache-memory-bytes 512M" in argv
-    assert '"backend": "xgrammar"' in argv
-    assert "--tool-strict-level parameter" in argv
-    assert "--chat-template" in argv and "--tensor-parallel-size" not in argv
+    assert spec.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    vllm = vllm_args(spec)
+    assert vllm.host == "127.0.0.1"
+    assert vllm.enforce_eager and vllm.kv_cache_memory_bytes == 512 * 2**20
+    assert vllm.structured_outputs_config.backend == "xgrammar"
+    assert vllm.tool_strict_level == "parameter"
+    assert vllm.chat_template.endswith(".jinja") and vllm.tensor_parallel_size == 1
     # The model takes images: as many as the router lets through.
-    assert '--limit-mm-per-prompt {"image": 8}' in argv
+    assert vllm.limit_mm_per_prompt == {"image": 8}
 
 
 def test_overlay_deep_merges_in_order(tmp_path: Path):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CHAT_MODEL, start_stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -135,13 +136,6 @@ def _transcription_metrics(stack) -> dict[str, float]:
              if line.startswith("serving_transcriptions_"))}
 
 
-def _wait_for(condition, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
 def _long_clip(http) -> bytes:
     """About ten minutes of speech as a 16 kHz wav (~20 MB): Whisper needs many seconds for
     it even on a fast machine, so the test sees it running and leaves long before its end."""
@@ -187,16 +181,17 @@ def test_client_disconnect_stops_the_transcription(stack, http):
             request = asyncio.create_task(c.post(
                 "/v1/audio/transcriptions", files={"file": ("long.wav", clip)},
                 data={"model": STT}))
-            await asyncio.to_thread(_wait_for, lambda: running() == 1, "the transcription")
+            await asyncio.to_thread(wait_until, lambda: running() == 1, "the transcription",
+                                    timeout_s=120)
             assert not request.done()
             request.cancel()  # closes the connection
 
     asyncio.run(leave_while_it_runs())
-    _wait_for(lambda: running() == 0, "the worker to stop")
+    wait_until(lambda: running() == 0, "the worker to stop", timeout_s=120)
     after = _transcription_metrics(stack)
     assert after["serving_transcriptions_cancelled_total"] == (
         before["serving_transcriptions_cancelled_total"] + 1)
-    _wait_for(lambda: _left_early(stack) == left + 1, "the 499 in the ledger")
+    wait_until(lambda: _left_early(stack) == left + 1, "the 499 in the ledger", timeout_s=120)
 
 
 def test_streaming_speech_sends_audio_before_the_end(stack):

@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from tests.conftest import CHAT_MODEL
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -318,12 +319,9 @@ def _completed(stack) -> float:
 
 def _wait_running(stack, n: int, timeout_s: float = 120) -> float:
     """Wait until the worker runs `n` requests: its gauge may lag what a client has seen."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while (running := _running(stack)) != n and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return running
+    wait_until(lambda: _running(stack) == n, f"the worker to run {n} requests",
+               timeout_s=timeout_s)
+    return n
 
 
 def _wait_idle(stack, timeout_s: float = 120) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -14,19 +13,15 @@ import psutil
 import pytest
 
 from tests.conftest import CHAT_MODEL, start_stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
 BODY = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-def wait_ready(base_url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if httpx.get(base_url + "/ready", timeout=5).status_code == 200:
-            return
-        time.sleep(1)
-    raise AssertionError("stack did not become ready again")
+def ready_status(base_url: str) -> int:
+    return httpx.get(base_url + "/ready", timeout=5).status_code
 
 
 def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
@@ -38,9 +33,13 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
                             headers={"Authorization": f"Bearer {stack.key}"})
         # The 3 s timeout is for the SIGSTOP below; a first answer on a loaded machine may
         # take longer (a 504 then), so wait until the worker answers within it.
-        deadline = time.monotonic() + 180
-        while (r := http.post("/chat/completions", json=BODY)).status_code != 200:
-            assert r.status_code == 504 and time.monotonic() < deadline, r.text
+        def answers_in_time() -> bool:
+            r = http.post("/chat/completions", json=BODY)
+            assert r.status_code in (200, 504), r.text
+            return r.status_code == 200
+
+        wait_until(answers_in_time, "an answer within the 3 s timeout", timeout_s=180,
+                   every_s=0)
         worker_pid = stack.runtime["workers"]["chat"]["pid"]
 
         # A worker that stops answering: the client gets a 504 envelope, not a hang.
@@ -53,11 +52,11 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
 
         # A worker that crashes: 503 with Retry-After while down, then restarted.
         os.kill(worker_pid, signal.SIGKILL)
-        time.sleep(0.5)
+        wait_until(lambda: ready_status(stack.base_url) == 503, "/ready to see the worker down")
         r = http.post("/chat/completions", json=BODY)
         assert r.status_code == 503 and r.headers["retry-after"].isdigit()
-        assert httpx.get(stack.base_url + "/ready").status_code == 503
-        wait_ready(stack.base_url)
+        wait_until(lambda: ready_status(stack.base_url) == 200, "the restarted worker",
+                   timeout_s=300, every_s=1)
         assert http.post("/chat/completions", json=BODY).status_code == 200
         # It came back on a fresh port (none is configured), where the router reached it;
         # the runtime file says where it is now.
@@ -74,6 +73,8 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
     finally:
         code = stack.stop()
     assert code == 0
-    time.sleep(1)
-    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], f"left behind: {alive}"
+
+    def left_behind() -> list[psutil.Process]:
+        return [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(lambda: not left_behind(), "every process of the stack to end", timeout_s=30)

@@ -25,12 +25,14 @@ from serving.router.keys import hash_key
 from tests.conftest import CHAT_MODEL, validate_openai
 from tests.support import local_servers
 from tests.support.harness import BackgroundStack, start_background_router, start_background_stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
 RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-narrow-0123456789"
 RESPONSES_TPM_KEY = "sk-tpm-responses-0123456789"
 SHARED_KEY = "sk-shared-rpm-0123456789"
+METRICS_RPM_KEY = "sk-metrics-rpm-0123456789"
 METRICS_PORT = free_port()
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
@@ -52,6 +54,8 @@ router:
         limits: {{tokens_per_minute: 400}}}}
     - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
     - {{name: shared, sha256: {hash_key(SHARED_KEY)}, limits: {{requests_per_minute: 2}}}}
+    - {{name: metrics-rpm, sha256: {hash_key(METRICS_RPM_KEY)},
+        limits: {{requests_per_minute: 1}}}}
 workers:
   chat: {{max_in_flight: 1}}
   videos: {{enabled: false}}
@@ -192,30 +196,37 @@ def test_a_key_sees_and_uses_only_its_models(limited: BackgroundStack):
     assert r.status_code == 200 and len(r.json()["data"]) == 1
 
 
-def test_a_full_model_answers_503_at_once(limited: BackgroundStack):
-    """max_in_flight: 1 on the chat worker: a second request is turned away, not queued."""
-    http = as_key(limited, limited.key)
+def refused_while_full(http: httpx.Client) -> httpx.Response:
+    """max_in_flight: 1 on the chat worker: a request sent while a long stream holds the
+    model's one slot, answered at once; returns once the slot is free again."""
     with http.stream("POST", "/chat/completions", json=long_story(300)) as long:
         assert long.status_code == 200
         lines = long.iter_lines()  # held: a dropped iterator would close the connection
         next(lines)  # it is generating
         started = time.monotonic()
-        r = http.post("/chat/completions", json=ask())
+        refused = http.post("/chat/completions", json=ask())
         assert time.monotonic() - started < 10
-        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
-        assert r.json()["error"]["code"] == "model_overloaded"
     # The slot is free again once that stream is gone.
-    deadline = time.monotonic() + 30
-    while (r := http.post("/chat/completions", json=ask())).status_code == 503:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert r.status_code == 200
+    wait_until(lambda: http.post("/chat/completions", json=ask()).status_code == 200,
+               "the model's slot to be free again", timeout_s=30, every_s=0.2)
+    return refused
+
+
+def test_a_full_model_answers_503_at_once(limited: BackgroundStack):
+    r = refused_while_full(as_key(limited, limited.key))
+    assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+    assert r.json()["error"]["code"] == "model_overloaded"
 
 
 def test_metrics_without_a_key_on_their_own_port(limited: BackgroundStack):
+    """The rejections this test causes are counted there (whatever ran before it)."""
+    assert refused_while_full(as_key(limited, limited.key)).status_code == 503
+    http = as_key(limited, METRICS_RPM_KEY)
+    assert [http.post("/chat/completions", json=ask()).status_code for _ in range(2)] == [
+        200, 429]  # its one request a minute
     r = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
     assert r.status_code == 200
-    assert 'serving_rate_limit_rejections_total{key="rpm",kind="requests"}' in r.text
+    assert 'serving_rate_limit_rejections_total{key="metrics-rpm",kind="requests"}' in r.text
     assert 'serving_overload_rejections_total{model="smollm2-135m-instruct"}' in r.text
     # Only /metrics there; on the API port it still takes an admin key.
     assert httpx.get(f"http://127.0.0.1:{METRICS_PORT}/v1/models").status_code == 404
@@ -249,10 +260,7 @@ def test_sigterm_finishes_requests_in_flight(tmp_path: Path):
 
         reader = threading.Thread(target=stream)
         reader.start()
-        deadline = time.monotonic() + 60
-        while not events:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: events, "the stream's first event", every_s=0.01)
         stack.process.send_signal(signal.SIGTERM)
         reader.join(120)
         assert events[-1] == "data: [DONE]"  # the stream in flight ran to its end

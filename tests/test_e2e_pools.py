@@ -8,6 +8,7 @@ replica marked down) with a generous deadline.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,8 +29,13 @@ from serving.launcher.pools import pool_router_spec
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, start_stack
 from tests.support.harness import BackgroundStack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
+
+# A replica's vLLM may take minutes to (re)start on a busy machine; never a timing assertion.
+WAIT_S = 600
+wait_for = functools.partial(wait_until, timeout_s=WAIT_S)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,15 +97,6 @@ def completed(url: str) -> float:
 
 def running(url: str) -> float:
     return metric(url, "vllm:num_requests_running")
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 600) -> object:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def ready(pool: BackgroundStack) -> dict:
@@ -257,7 +254,7 @@ def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
             except httpx.TransportError:
                 return False
 
-        wait_for(answers, "smg to answer", 120)
+        wait_for(answers, "smg to answer", timeout_s=120)
         prompt = distinct_prompt(4000 + int(time.time()))
 
         def cached(salt: str) -> int:
@@ -272,7 +269,8 @@ def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
             assert all("usage" in c for c in chunks)  # running usage on every chunk
             return chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
 
-        wait_for(lambda: cached("a") > 0, "the salt's second request to read its cache", 120)
+        wait_for(lambda: cached("a") > 0, "the salt's second request to read its cache",
+                 timeout_s=120)
         assert cached("b") == 0  # another salt: not a's cache
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -290,7 +288,7 @@ def kill(pid: int, url: str) -> None:
             return True
         return False
 
-    wait_for(refused, f"{url} to refuse connections", 60)
+    wait_for(refused, f"{url} to refuse connections", timeout_s=60)
 
 
 def test_an_image_replica_that_dies_leaves_the_pool_and_comes_back(pool, clients):
@@ -301,7 +299,8 @@ def test_an_image_replica_that_dies_leaves_the_pool_and_comes_back(pool, clients
     for i in range(4):  # to the survivor: refused connections are retried there
         image = client.images.generate(model="flux-tiny", prompt=f"a cat {i}", size="128x128")
         assert image.data[0].b64_json
-    wait_for(lambda: ready(pool)["replicas"]["images/1"] == "down", "images/1 marked down", 60)
+    wait_for(lambda: ready(pool)["replicas"]["images/1"] == "down", "images/1 marked down",
+             timeout_s=60)
     assert ready(pool)["status"] == "ready"  # the pool still serves
     # The supervisor restarts it (on a fresh port; the router follows) and it rejoins.
     wait_for(lambda: ready(pool)["replicas"]["images/1"] == "up", "images/1 to come back")

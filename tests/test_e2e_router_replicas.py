@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, ROOT
 from tests.support.harness import BackgroundStack, start_background_router, start_background_stack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +60,9 @@ def test_serving_up_runs_two_router_processes_on_its_port(shared):
     assert len(others) == 1  # the launcher itself is router process 0
     port = int(stack.base_url.rsplit(":", 1)[1])
     # The launcher serves first and starts the other process after; wait until it listens.
-    deadline = time.monotonic() + 180
-    while not any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
-                  for c in others[0].net_connections("tcp")):
-        assert time.monotonic() < deadline, "the second router process never listened"
-        time.sleep(0.5)
+    wait_until(lambda: any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                           for c in others[0].net_connections("tcp")),
+               "the second router process to listen", timeout_s=180, every_s=0.5)
     clients = [httpx.Client(base_url=stack.base_url, timeout=30) for _ in range(20)]
     try:
         for client in clients:
@@ -106,10 +104,10 @@ def test_either_router_process_answers_metrics_for_both(shared):
         r = httpx.post(stack.v1 + "/chat/completions", json=chat, timeout=120,
                        headers={"Authorization": f"Bearer {stack.key}"})
         assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 30  # counted once the last byte went out
-    while (seen := chat_metrics(httpx.get(port, timeout=30).text)) != (before + 20, 0):
-        assert time.monotonic() < deadline, (before, seen)
-        time.sleep(0.2)
+    # Counted once the last byte went out.
+    wait_until(lambda: chat_metrics(httpx.get(port, timeout=30).text) == (before + 20, 0),
+               f"20 more chats than {before} counted, none in flight", timeout_s=30,
+               every_s=0.2)
     for _ in range(6):  # each on a new connection, to either process
         r = httpx.get(stack.base_url + "/metrics", timeout=30,
                       headers={"Authorization": f"Bearer {stack.admin_key}"})

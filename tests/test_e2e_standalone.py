@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 from serving.launcher.supervisor import free_port
 from tests.conftest import CHAT_MODEL, ROOT
 from tests.support.harness import start_background_router
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +41,14 @@ def test_a_second_router_serves_the_stacks_workers(stack, tmp_path: Path):
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def answers() -> bool:
+        assert proc.poll() is None, f"exited before {url} answered:\n{log.read_text()[-3000:]}"
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+            return False
+
+    wait_until(answers, f"{url} to answer", timeout_s=timeout_s, every_s=0.2)
 
 
 def test_worker_and_router_as_separate_processes(tmp_path: Path):

@@ -10,9 +10,9 @@ end: `serving up` (router A and the video worker) plus a second router B over th
 
 from __future__ import annotations
 
+import functools
 import io
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +29,12 @@ from tests.support.harness import (
     start_background_router,
     start_background_stack,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
+
+WAIT_S = 300  # renders and restarts on a slow, busy machine; never a timing assertion
+wait_for = functools.partial(wait_until, timeout_s=WAIT_S, every_s=0.2)
 
 MODEL = "wan-tiny"
 ONLY_VIDEOS = ("workers: {chat: {enabled: false}, images: {enabled: false}, "
@@ -83,15 +87,6 @@ def bucket_keys(s3, bucket: str) -> list[str]:
     return [o["Key"] for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if result := check():
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-
-
 def job_of(http: httpx.Client, video_id: str) -> dict:
     r = http.get(f"/v1/videos/{video_id}")
     assert r.status_code == 200, r.text
@@ -116,7 +111,7 @@ def test_created_on_a_served_and_deleted_on_b(replicas, s3):
     sdk_a = OpenAI(base_url=a.v1, api_key=a.key, max_retries=0, timeout=120)
     video = sdk_a.videos.create(model=MODEL, prompt="two routers", size="128x128", seconds="1")
     on_b = client(b.base_url, a.key)
-    done = wait_for("the render", lambda: finished(on_b, video.id))
+    done = wait_for(lambda: finished(on_b, video.id), "the render")
     assert done["status"] == "completed", done
     assert bucket_keys(s3, bucket) == [f"renders/{video.id}.mp4"]
 
@@ -150,8 +145,8 @@ def test_a_router_killed_mid_render_loses_no_job(replicas, s3):
     # A's dispatcher is kept busy with a first job, so only B can take the second.
     first = on_a.post("/v1/videos", json={"model": MODEL, "prompt": "keeps A busy",
                                           "size": "256x256", "num_inference_steps": 30}).json()
-    wait_for("A to take the first job", lambda: job_of(on_a, first["id"])["status"] ==
-             "in_progress")
+    wait_for(lambda: job_of(on_a, first["id"])["status"] ==
+             "in_progress", "A to take the first job")
     second = on_b.post("/v1/videos", json={"model": MODEL, "prompt": "outlives B",
                                            "size": "256x256", "num_inference_steps": 60}).json()
 
@@ -160,14 +155,14 @@ def test_a_router_killed_mid_render_loses_no_job(replicas, s3):
             return c.execute(sa.text("SELECT lease_owner FROM videos WHERE id = :id"),
                              {"id": second["id"]}).scalar_one()
 
-    held_by = wait_for("B to take the second job", owner)
+    held_by = wait_for(owner, "B to take the second job")
     assert f":{b.process.pid}/" in held_by, held_by
-    wait_for("B's render to start", lambda: job_of(on_a, second["id"])["progress"] >= 5)
+    wait_for(lambda: job_of(on_a, second["id"])["progress"] >= 5, "B's render to start")
     b.kill()
     before = job_of(on_a, second["id"])
     assert before["status"] == "in_progress"
 
-    done = wait_for("A to finish the job", lambda: finished(on_a, second["id"]))
+    done = wait_for(lambda: finished(on_a, second["id"]), "A to finish the job")
     assert done["status"] == "completed", done
     assert owner() is None  # completed: no lease left
     with db.connect() as c:
@@ -188,11 +183,11 @@ def test_the_store_down_while_a_render_finishes(replicas, s3):
     on_a = client(a.base_url, a.key)
     admin = client(a.base_url, a.admin_key)
     earlier = on_a.post("/v1/videos", json={"model": MODEL, "prompt": "done before"}).json()
-    assert wait_for("the first render", lambda: finished(on_a, earlier["id"]))["status"] == \
+    assert wait_for(lambda: finished(on_a, earlier["id"]), "the first render")["status"] == \
         "completed"
     job = on_a.post("/v1/videos", json={"model": MODEL, "prompt": "while the store is down",
                                         "size": "256x256", "num_inference_steps": 40}).json()
-    wait_for("the render to start", lambda: job_of(on_a, job["id"])["progress"] >= 5)
+    wait_for(lambda: job_of(on_a, job["id"])["progress"] >= 5, "the render to start")
     s3.stop()
     try:
         # A finished video cannot be downloaded meanwhile: a 503 to retry, not a 500.
@@ -208,7 +203,7 @@ def test_the_store_down_while_a_render_finishes(replicas, s3):
             artifacts = ready["artifacts"]
             return ready if artifacts["uploads_waiting"] == 1 else None
 
-        ready = wait_for("the finished render to wait for the store", waiting)
+        ready = wait_for(waiting, "the finished render to wait for the store")
         assert ready["status"] == "degraded" and ready["artifacts"]["status"] == "unreachable"
         assert job_of(on_a, job["id"])["status"] == "in_progress"  # not completed without it
         metrics = admin.get("/metrics").text
@@ -217,15 +212,15 @@ def test_the_store_down_while_a_render_finishes(replicas, s3):
         r = on_a.get(f"/v1/videos/{job['id']}/content")
         assert r.status_code == 404 and r.json()["error"]["code"] == "video_not_ready"
         # A few more retries fail while it is down: still one log line about it.
-        wait_for("a second failed upload", lambda: _failures(admin) >= 2)
+        wait_for(lambda: _failures(admin) >= 2, "a second failed upload")
     finally:
         s3.start()
-    done = wait_for("the job to complete", lambda: finished(on_a, job["id"]))
+    done = wait_for(lambda: finished(on_a, job["id"]), "the job to complete")
     assert done["status"] == "completed", done
     r = on_a.get(f"/v1/videos/{job['id']}/content")
     assert r.status_code == 200 and frames_of(r.content)[1] == (256, 256)
-    wait_for("the purge to remove the deleted job's object", lambda: bucket_keys(s3, bucket) ==
-             [f"renders/{job['id']}.mp4"], timeout_s=300, every_s=1)
+    wait_for(lambda: bucket_keys(s3, bucket) == [f"renders/{job['id']}.mp4"],
+             "the purge to remove the deleted job's object", every_s=1)
     ready = on_a.get("/ready").json()
     assert ready["status"] == "ready" and ready["artifacts"] == {"status": "up",
                                                                  "uploads_waiting": 0}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import av
 import httpx
@@ -12,6 +11,7 @@ import pytest
 
 from tests.conftest import CHAT_MODEL, start_stack, validate_openai
 from tests.support.harness import BackgroundStack
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,14 +21,13 @@ MODEL = "wan-tiny"
 def wait_done(http: httpx.Client, video_id: str, timeout_s: float = 300) -> list[dict]:
     """Poll until the job ends; returns every state seen."""
     seen = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/videos/{video_id}").json()
-        seen.append(job)
-        if job["status"] in ("completed", "failed"):
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"video {video_id} did not finish: {seen[-1]}")
+
+    def ended() -> bool:
+        seen.append(http.get(f"/v1/videos/{video_id}").json())
+        return seen[-1]["status"] in ("completed", "failed")
+
+    wait_until(ended, f"video {video_id} to finish", timeout_s=timeout_s, every_s=0.2)
+    return seen
 
 
 def decode(mp4: bytes) -> tuple[int, tuple[int, int]]:
@@ -41,11 +40,8 @@ def test_sdk_create_retrieve_download(client, openai_schema):
     video = client.videos.create(model=MODEL, prompt="waves on a beach", size="128x128",
                                  seconds="1")
     assert video.status == "queued" and video.progress == 0 and video.object == "video"
-    for _ in range(600):
-        video = client.videos.retrieve(video.id)
-        if video.status in ("completed", "failed"):
-            break
-        time.sleep(0.2)
+    video = wait_until(lambda: (v := client.videos.retrieve(video.id)).status in (
+        "completed", "failed") and v, "the video to finish", timeout_s=120, every_s=0.2)
     assert video.status == "completed", video.error
     assert video.progress == 100 and video.completed_at and video.expires_at
     content = client.videos.download_content(video.id)
@@ -184,10 +180,8 @@ def test_restart_mid_job_completes_and_stays_downloadable(tmp_path):
         job = http.post("/v1/videos", json={"model": MODEL, "prompt": "survive a restart",
                                             "size": "256x256",
                                             "num_inference_steps": 100}).json()
-        deadline = time.monotonic() + 120
-        while http.get(f"/v1/videos/{job['id']}").json()["progress"] < 5:
-            assert time.monotonic() < deadline, "the job never started"
-            time.sleep(0.2)
+        wait_until(lambda: http.get(f"/v1/videos/{job['id']}").json()["progress"] >= 5,
+                   "the job to start", timeout_s=120, every_s=0.2)
         before = http.get(f"/v1/videos/{job['id']}").json()
         assert before["status"] == "in_progress"
     finally:

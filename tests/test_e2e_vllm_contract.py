@@ -1,9 +1,11 @@
-"""The vLLM contract (serving/router/text/vllm_contract.py), checked against the real worker.
+"""The vLLM contract (serving/upstream/vllm_contract.py), checked against the real worker.
 
-Streams are recorded from the stack's vLLM worker, asked for with the stream options the
-router sends, and the relay runs over their bytes: the running usage must be found in every
-chunk and cut out cleanly, the closing usage event recognised and metered. A vLLM upgrade that
-changes these bytes fails here, loudly. The same streams, rewritten the ways an upgrade could
+Streams are recorded from the stack's vLLM worker, asked for as the router asks for them, and
+the relays (chat's and the Responses API's) run over their bytes. Chat: the running usage must
+be found in every chunk and cut out cleanly, the closing usage event recognised and metered.
+Responses: the per-token events found by their first line and relayed byte for byte, the rest
+cleaned into OpenAI's shapes, the closing usage metered. A vLLM upgrade that changes these
+bytes fails here, loudly. The same streams, rewritten the ways an upgrade could
 change them, check the relay's slow path: metered exactly (or never as a free success) and
 logged as a contract break.
 """
@@ -22,7 +24,8 @@ import pytest
 from serving.router.context import Meter
 from serving.router.text.relay import _relay_stream as _relay
 from serving.router.text.relay import _usage_span
-from serving.router.usage import normalize_usage
+from serving.router.text.responses_relay import _relay as _relay_response
+from serving.router.usage import normalize_response_usage, normalize_usage
 from serving.upstream import vllm_contract as contract
 from tests.conftest import CHAT_MODEL
 
@@ -274,3 +277,114 @@ def test_the_closing_usage_event_carries_no_vllm_only_field(stream: bytes):
     relayed = parse(events(out)[-2])
     assert relayed["usage"] == m.usage and relayed["choices"] == []
     assert not {"metrics", "system_fingerprint"} & relayed.keys()
+
+
+# --- the Responses API ------------------------------------------------------------------------
+
+# Recorded as the router asks: not stored, a text answer and a forced function call.
+RESPONSES_REQUESTS: dict[str, dict[str, Any]] = {
+    "text": {"input": [{"role": "user", "content": "Name three colours."}],
+             "max_output_tokens": 12},
+    "tool": {"input": "What's the weather in Paris?", "max_output_tokens": 32,
+             "tools": [{"type": "function", "name": "get_weather", "strict": True,
+                        "parameters": WEATHER_TOOL["function"]["parameters"]}],
+             "tool_choice": {"type": "function", "name": "get_weather"}},
+}
+INPUT_ESTIMATE = 40  # what the route would have estimated from the request's size
+
+
+@pytest.fixture(scope="session")
+def recorded_responses(stack) -> dict[str, bytes]:
+    out = {}
+    with httpx.Client(base_url=stack.worker_url("chat"), timeout=120) as http:
+        for name, body in RESPONSES_REQUESTS.items():
+            body = {"model": CHAT_MODEL, "stream": True, "store": False, "temperature": 0,
+                    **body}
+            with http.stream("POST", "/v1/responses", json=body) as r:
+                assert r.status_code == 200, r.read()
+                out[name] = b"".join(r.iter_raw())
+    return out
+
+
+@pytest.fixture(params=list(RESPONSES_REQUESTS))
+def response_stream(request: pytest.FixtureRequest, recorded_responses: dict[str, bytes]
+                    ) -> bytes:
+    return recorded_responses[request.param]
+
+
+def typed(event: bytes) -> tuple[str, dict[str, Any]]:
+    """An `event:`/`data:` pair of the Responses stream."""
+    head, sep, data = event.partition(contract.RESPONSES_DATA)
+    assert sep and head.startswith(b"event: "), event
+    return head.removeprefix(b"event: ").decode(), json.loads(data)
+
+
+def relay_responses(stream: bytes, size: int | None = None,
+                    stop_after: int | None = None) -> tuple[bytes, Meter]:
+    pieces = ([e + b"\n\n" for e in events(stream)] if size is None
+              else [stream[i:i + size] for i in range(0, len(stream), size)])
+
+    async def run() -> tuple[bytes, Meter]:
+        async def body():
+            for piece in pieces:
+                yield piece
+
+        m, out = Meter(), []
+        relayed = _relay_response(httpx.Response(200, content=body()), True, m, INPUT_ESTIMATE)
+        async for chunk in relayed:
+            out.append(chunk)
+            if stop_after is not None and len(out) == stop_after:
+                await relayed.aclose()  # the client went away
+                break
+        return b"".join(out), m
+
+    return asyncio.run(run())
+
+
+def test_responses_stream_events_are_as_the_relay_expects(response_stream: bytes):
+    """Every event is an `event:`/`data:` pair whose type names it; the per-token ones end in
+    `.delta` on their first line; usage comes only in the closing event."""
+    seen = [typed(e) for e in events(response_stream)]
+    assert seen[0][0] == "response.created" and seen[-1][0] == "response.completed"
+    for name, data in seen:
+        assert data["type"] == name
+        first_line = f"event: {name}".encode()
+        assert first_line.endswith(contract.RESPONSES_DELTA) == name.endswith(".delta")
+        if name != "response.completed":
+            assert (data.get("response") or {}).get("usage") is None
+    assert any(name.endswith(".delta") for name, _ in seen)
+    assert seen[-1][1]["response"]["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, None])
+def test_responses_relay_cleans_a_recorded_stream_and_meters_its_usage(
+    response_stream: bytes, size: int | None, openai_schema
+):
+    out, m = relay_responses(response_stream, size)
+    assert not m.incomplete and m.first_token_at is not None
+    final = typed(events(response_stream)[-1])[1]["response"]
+    assert m.usage == normalize_response_usage(final["usage"])
+    sent, original = events(out), events(response_stream)
+    assert [typed(e)[0] for e in sent] == [typed(e)[0] for e in original]
+    for relayed, came in zip(sent, original, strict=True):
+        name, data = typed(relayed)
+        if name.endswith(".delta"):
+            assert relayed == came  # byte for byte, never parsed
+        openai_schema(data, "ResponseStreamEvent")
+        response = data.get("response")
+        if response is not None:
+            assert not contract.RESPONSES_VLLM_ONLY & response.keys()
+            assert "error" in response
+    assert typed(sent[-1])[1]["response"]["usage"] == m.usage
+
+
+def test_responses_relay_meters_a_dropped_recorded_stream_from_what_it_saw(
+    response_stream: bytes
+):
+    original = events(response_stream)
+    first_delta = next(i for i, e in enumerate(original) if typed(e)[0].endswith(".delta"))
+    out, m = relay_responses(response_stream, stop_after=first_delta + 2)
+    assert m.incomplete
+    deltas = sum(typed(e)[0].endswith(".delta") for e in events(out))
+    assert deltas >= 1
+    assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (INPUT_ESTIMATE, deltas)

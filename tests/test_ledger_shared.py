@@ -9,11 +9,12 @@ tests use) stopped with `pg_ctl stop -m fast` or killed with SIGKILL, then start
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +37,10 @@ from serving.ledger.metrics import LedgerMetrics
 from serving.router.app import create_app
 from serving.router.keys import keys_from_env, principals
 from tests.support import local_servers
+from tests.support.wait import wait_until
 
 WAIT_S = 120  # deadline for a condition on a slow, busy machine; never a timing assertion
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+wait_for = functools.partial(wait_until, timeout_s=WAIT_S, every_s=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +54,14 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_servers.Postg
 def restart(pg: local_servers.Postgres) -> None:
     """Start `pg` again. After a SIGKILL the old postmaster may linger a moment (until its
     parent reaps it, its orphaned backends exit), and pg_ctl refuses to start over it."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
+    def started() -> bool:
         try:
             pg.start()
-            return
         except local_servers.ServerError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+            return False
+        return True
+
+    wait_for(started, "PostgreSQL to start again", every_s=0.5)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from serving.launcher.supervisor import Supervisor, WorkerSpec, free_port
 from serving.launcher.worker_set import worker_endpoints, worker_specs
 from serving.upstream.worker import Endpoints, Worker
 from tests.support.loopback import LoopbackServer, QuietHandler
+from tests.support.wait import await_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,14 +105,6 @@ def dead_url() -> str:
 def pool(*urls: str, interval: float = 0.05) -> Worker:
     return Worker("images", Endpoints(urls), Timeouts(connect_s=2), max_connections=8,
                   health_interval_s=interval)
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_the_replica_with_fewest_requests_in_flight_gets_the_next():
@@ -216,14 +208,14 @@ def test_the_health_loop_takes_a_failing_replica_out_and_back(servers):
         worker.start()
         try:
             b.healthy = False
-            await wait_for(lambda: not worker.replicas[1].up, "replica 1 to leave the pool")
+            await await_until(lambda: not worker.replicas[1].up, "replica 1 to leave the pool")
             for _ in range(4):
                 assert (await worker.send("/x", {})).json() == {"replica": "a"}
             assert b.posts == 0
             assert await worker.probe() == {"images/0": True, "images/1": False}
             assert worker.serves(await worker.probe())  # a pool serves while one replica is up
             b.healthy = True
-            await wait_for(lambda: worker.replicas[1].up, "replica 1 to come back")
+            await await_until(lambda: worker.replicas[1].up, "replica 1 to come back")
             a.healthy = False
             assert await worker.probe() == {"images/0": False, "images/1": True}
             a.healthy = b.healthy = False
@@ -414,7 +406,7 @@ def test_a_replica_restarts_on_its_kept_port(tmp_path: Path):
         try:
             port, pid = sup.port, sup.process.pid
             os.killpg(pid, signal.SIGKILL)
-            await wait_for(lambda: sup.restarts == 1 and sup.state == "up", "the restart", 60)
+            await await_until(lambda: sup.restarts == 1 and sup.state == "up", "the restart")
             assert sup.port == port and sup.process.pid != pid
         finally:
             await sup.stop()

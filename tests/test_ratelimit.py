@@ -8,6 +8,7 @@ assertions are small so that the few milliseconds between calls refill far less 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -155,25 +156,33 @@ def test_tokens_bucket_denies_with_its_headers(backend: Backend):
 
 
 def test_refill_over_time(backend: Backend):
+    """Redis keeps real time, which passes between calls (a lot of it on a loaded machine):
+    the bounds there come from the time measured around the calls, not a fixed tolerance."""
+
     async def body(store: RateLimitStore) -> None:
         k = key()
         limits = Limits(requests_per_minute=60)  # one a second
-        for _ in range(60):
-            assert (await store.acquire(k, limits, 0)).allowed
-        d = await store.acquire(k, limits, 0)
-        assert not d.allowed and d.retry_after_s is not None and d.retry_after_s <= 1
-        await backend.advance(d.retry_after_s + 0.1)
+        allowed = 0
+        while (d := await store.acquire(k, limits, 0)).allowed:
+            allowed += 1
+        assert allowed == 60 if backend.exact else allowed >= 60
+        assert d.retry_after_s is not None and 0 < d.retry_after_s <= 1
+        await backend.advance(d.retry_after_s + 0.05)
         assert (await store.acquire(k, limits, 0)).allowed
-        assert not (await store.acquire(k, limits, 0)).allowed
+        if backend.exact:  # with real time, another may have come back meanwhile
+            assert not (await store.acquire(k, limits, 0)).allowed
 
         k = key()
-        limits = Limits(tokens_per_minute=600)  # ten a second
-        assert (await store.acquire(k, limits, 600)).allowed
-        d = await store.acquire(k, limits, 5)
+        limits = Limits(tokens_per_minute=60)  # one a second
+        started = time.monotonic()
+        assert (await store.acquire(k, limits, 60)).allowed
+        d = await store.acquire(k, limits, 3)
+        elapsed = time.monotonic() - started
         assert not d.allowed and d.exceeded == "tokens"
-        assert d.retry_after_s == pytest.approx(0.5, abs=0.1)
-        await backend.advance(0.6)
-        assert (await store.acquire(k, limits, 5)).allowed
+        assert d.retry_after_s is not None
+        assert 3 - elapsed - 0.01 <= d.retry_after_s <= 3 + 0.01
+        await backend.advance(d.retry_after_s + 0.05)
+        assert (await store.acquire(k, limits, 3)).allowed
 
     run(backend, body)
 

@@ -5,8 +5,6 @@ The stream relay is tested over streams recorded from the real worker: test_e2e_
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
 import httpx
@@ -23,7 +21,6 @@ from serving.router.keys import (
     keys_from_env,
     principals,
 )
-from serving.router.text.responses_relay import _relay as _relay_response
 from serving.router.usage import normalize_response_usage, normalize_usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,76 +249,6 @@ def test_response_usage_mapping():
     off = normalize_response_usage(vllm, caching=False)
     assert off["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
     assert normalize_response_usage(None)["total_tokens"] == 0
-
-
-RESPONSE = (b'{"id":"resp_1","created_at":1,"incomplete_details":null,"instructions":null,'
-            b'"metadata":null,"model":"m","object":"response","output":%s,'
-            b'"parallel_tool_calls":true,"temperature":1.0,"tool_choice":"auto","tools":[],'
-            b'"top_p":1.0,"status":"%s","text":null,"user":null,"usage":%s,'
-            b'"kv_transfer_params":null,"input_messages":null}')
-MESSAGE = (b'{"id":"msg_1","content":[{"annotations":[],"text":"Hi there","type":"output_text",'
-           b'"logprobs":null}],"role":"assistant","status":"completed","type":"message",'
-           b'"phase":null}')
-USAGE = (b'{"input_tokens":3,"input_tokens_details":{"cached_tokens":2,"cache_write_tokens":0,'
-         b'"input_tokens_per_turn":[]},"output_tokens":2,"output_tokens_details":'
-         b'{"reasoning_tokens":0},"total_tokens":5}')
-# As vLLM streams a Responses answer: one typed event per `event:`/`data:` pair.
-RESPONSE_DELTAS = [
-    b'event: response.output_text.delta\ndata: {"content_index":0,"delta":"Hi","item_id":'
-    b'"msg_1","logprobs":[],"output_index":0,"sequence_number":4,'
-    b'"type":"response.output_text.delta"}',
-    b'event: response.output_text.delta\ndata: {"content_index":0,"delta":" there\\n\\nevent: '
-    b'x","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":5,'
-    b'"type":"response.output_text.delta"}',
-]
-RESPONSE_STREAM = b"\n\n".join([
-    b'event: response.created\ndata: {"response":' + RESPONSE % (b"[]", b"in_progress", b"null")
-    + b',"sequence_number":0,"type":"response.created"}',
-    b'event: response.output_item.added\ndata: {"item":{"id":"msg_1","content":[],"role":'
-    b'"assistant","status":"in_progress","type":"message","phase":null},"output_index":0,'
-    b'"sequence_number":2,"type":"response.output_item.added"}',
-    *RESPONSE_DELTAS,
-    b'event: response.output_item.done\ndata: {"item":' + MESSAGE + b',"output_index":0,'
-    b'"sequence_number":9,"type":"response.output_item.done"}',
-    b'event: response.completed\ndata: {"response":'
-    + RESPONSE % (b"[" + MESSAGE + b"]", b"completed", USAGE)
-    + b',"sequence_number":12,"type":"response.completed"}',
-]) + b"\n\n"
-
-
-async def relay_response(pieces: list[bytes], stop_after: int | None = None
-                         ) -> tuple[bytes, Meter]:
-    m = Meter()
-    return await drain(_relay_response(upstream(pieces), True, m, 40), stop_after), m
-
-
-@pytest.mark.parametrize("size", [1, 7, 64, len(RESPONSE_STREAM)])
-def test_response_relay_cleans_what_vllm_adds_and_meters_the_final_usage(size: int,
-                                                                          openai_schema):
-    pieces = [RESPONSE_STREAM[i:i + size] for i in range(0, len(RESPONSE_STREAM), size)]
-    out, m = asyncio.run(relay_response(pieces))
-    assert not m.incomplete and m.first_token_at is not None
-    assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (3, 2)
-    assert m.usage["cache_read_input_tokens"] == 2
-    events = out.removesuffix(b"\n\n").split(b"\n\n")
-    assert events[2:4] == RESPONSE_DELTAS  # the per-token events byte for byte
-    assert [e.split(b"\n")[0] for e in events] == [
-        e.split(b"\n")[0] for e in RESPONSE_STREAM.removesuffix(b"\n\n").split(b"\n\n")]
-    for event in events:
-        data = json.loads(event.split(b"\ndata: ", 1)[1])
-        openai_schema(data, "ResponseStreamEvent")
-    final = json.loads(events[-1].split(b"\ndata: ", 1)[1])["response"]
-    assert "kv_transfer_params" not in final and "user" not in final and final["error"] is None
-    assert final["output"][0]["content"][0]["logprobs"] == []
-    assert final["usage"] == m.usage
-
-
-def test_response_relay_meters_a_dropped_stream_from_what_it_saw():
-    pieces = [e + b"\n\n" for e in RESPONSE_STREAM.split(b"\n\n") if e]
-    out, m = asyncio.run(relay_response(pieces, stop_after=4))
-    assert out.endswith(RESPONSE_DELTAS[1] + b"\n\n") and m.incomplete
-    # Two delta events seen: two output tokens; the input is the router's estimate.
-    assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (40, 2)
 
 
 def test_responses_requests_are_checked_before_the_worker(tmp_path: Path):

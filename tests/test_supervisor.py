@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from serving.config.deployment import Timeouts
 from serving.launcher import supervisor as supervisor_module
 from serving.launcher.supervisor import Supervisor, WorkerFailed, WorkerSpec, free_port
 from serving.upstream.worker import Worker
+from tests.support.wait import await_until
 
 # Serves `folder` (which holds a `health` file) over HTTP on the port after `--port`, after
 # noting that port in `folder/ports`. While `folder/fail-once` exists, removes it and dies
@@ -50,14 +50,6 @@ def server_spec(folder: Path, port: int | None = None, fail_once: bool = False) 
 
 def ports_used(folder: Path) -> list[int]:
     return [int(line) for line in (folder / "ports").read_text().split()]
-
-
-async def wait_for(condition, what: str, limit_s: float = 60) -> None:
-    """Poll until `condition()` holds; the limit only stops a hung test."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -114,7 +106,7 @@ def test_a_crashed_worker_comes_back_on_a_fresh_port_and_the_router_follows(tmp_
             assert worker.serves(await worker.probe())
             old_port, old_pid = sup.port, sup.process.pid
             os.killpg(old_pid, signal.SIGKILL)
-            await wait_for(lambda: sup.restarts == 1 and sup.state == "up", "the restart")
+            await await_until(lambda: sup.restarts == 1 and sup.state == "up", "the restart")
             assert sup.port != old_port
             assert ports_used(tmp_path) == [old_port, sup.port]
             assert worker.base_url == sup.url

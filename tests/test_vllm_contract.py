@@ -20,6 +20,7 @@ from serving.config import VllmArgs, load_config
 from serving.config.hardware import resolve_dtype
 from serving.launcher.worker_set import worker_specs
 from serving.upstream import vllm_contract
+from tests.support.vllm_args import vllm_args
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -44,16 +45,8 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def vllm_parser():
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    return make_arg_parser(FlexibleArgumentParser(exit_on_error=False))
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
+def test_launch_command_parses_with_vllms_own_parser(config: Path):
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
     from vllm.tool_parsers import ToolParserManager
 
@@ -66,8 +59,7 @@ def test_launch_command_parses_with_vllms_own_parser(config: Path, vllm_parser):
         args, entry = worker.args, worker.entry
         assert spec.argv[1:3] == ["-m", vllm_contract.ENTRY_MODULE]
         assert importlib.util.find_spec(vllm_contract.ENTRY_MODULE) is not None
-        command = spec.command(spec.port or 8000)  # as the supervisor runs it
-        parsed = vllm_parser.parse_args(command[3:])
+        parsed = vllm_args(spec)  # the command as the supervisor runs it
         validate_parsed_serve_args(parsed)
         # What the router's metering relies on.
         assert parsed.enable_prompt_tokens_details is True
