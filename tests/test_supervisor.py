@@ -101,7 +101,7 @@ def test_a_crashed_worker_comes_back_on_a_fresh_port_and_the_router_follows(tmp_
     async def run() -> None:
         await sup.start()
         worker = Worker("w", sup.url, Timeouts(), max_connections=4)
-        sup.on_up.append(worker.move_to)
+        sup.on_up.append(worker.member("w").move_to)  # as `serving up` wires it
         try:
             assert worker.serves(await worker.probe())
             old_port, old_pid = sup.port, sup.process.pid
