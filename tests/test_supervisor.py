@@ -109,7 +109,7 @@ def test_a_crashed_worker_comes_back_on_a_fresh_port_and_the_router_follows(tmp_
             await await_until(lambda: sup.restarts == 1 and sup.state == "up", "the restart")
             assert sup.port != old_port
             assert ports_used(tmp_path) == [old_port, sup.port]
-            assert worker.base_url == sup.url
+            assert worker.member("w").base_url == sup.url
             assert worker.serves(await worker.probe())
         finally:
             await worker.aclose()
