@@ -2,6 +2,7 @@
 
     serving up -c configs/cpu.yaml [-c overlay.yaml] [--host H] [--port P]
     serving router -c CONFIG [--host H] [--port P] [--workers-from RUNTIME_FILE]
+    serving reload [-c CONFIG | --runtime-file F | --url URL] [--key KEY]
     serving worker NAME -c CONFIG [--host H] [--port P]
     serving models prepare -c configs/cpu.yaml
     serving config check -c configs/cpu.yaml
@@ -29,21 +30,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _plan(config: Config, args: argparse.Namespace) -> str:
-    """The memory plan of a CUDA config, checked; a GPU that does not fit is a config error
-    naming the last file given (where an overlay that breaks the plan usually is)."""
-    from serving.config.plan import check_plan, format_plan, memory_plan
+    from serving.config.plan import checked_plan
 
-    where = args.config[-1]
-    try:
-        plans = memory_plan(config)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    table = format_plan(plans)
-    try:
-        check_plan(plans)
-    except ConfigError as e:
-        raise ConfigError(f"{table}\n{where}: {e}") from None
-    return table
+    return checked_plan(config, args.config[-1])
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -74,7 +63,19 @@ def cmd_router(args: argparse.Namespace) -> int:
                       args.host or config.router.host,
                       config.router.port if args.port is None else args.port,
                       args.workers_from, reuse_port=args.reuse_port,
-                      single_process=args.single_process)
+                      single_process=args.single_process, watch_config=args.watch_config)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from serving.launcher.reload_client import ReloadClientError, reload_stack
+
+    config = _config(args) if args.config else None
+    try:
+        return reload_stack(config, url=args.url, runtime_file=args.runtime_file,
+                            key=args.key, wait=not args.no_wait, timeout_s=args.timeout)
+    except ReloadClientError as e:
+        print(f"serving: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -210,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="router address (default: router.host, 127.0.0.1)")
     up.add_argument("--port", type=int, help="router port (default: router.port, 8000)")
     up.add_argument("--runtime-file", type=Path,
-                    help="write the router and worker addresses here once ready")
+                    help="write the router and worker addresses here once ready (default: "
+                    "state_dir/runtime.json)")
     up.set_defaults(func=cmd_up)
 
     router = with_config(sub.add_parser(
@@ -222,8 +224,26 @@ def parser() -> argparse.ArgumentParser:
                         "(followed when workers move); else from workers.NAME.endpoints")
     router.add_argument("--reuse-port", action="store_true",
                         help="share the port with other router processes (SO_REUSEPORT)")
+    router.add_argument("--watch-config", action="store_true",
+                        help="reload when the config files change (a Kubernetes ConfigMap)")
     router.add_argument("--single-process", action="store_true", help=argparse.SUPPRESS)
     router.set_defaults(func=cmd_router)
+
+    reload = sub.add_parser(
+        "reload", help="apply the edited config files to a running stack, in place")
+    reload.add_argument("-c", "--config", action="append", metavar="FILE",
+                        help="the stack's config files: where its runtime file is "
+                        "(state_dir/runtime.json) and its generated key")
+    reload.add_argument("--runtime-file", type=Path,
+                        help="the stack's runtime file (serving up --runtime-file)")
+    reload.add_argument("--url", help="the router's URL, e.g. http://127.0.0.1:8000")
+    reload.add_argument("--key", help="an admin key (default: SERVING_ADMIN_KEYS' first, "
+                        "else the generated key file)")
+    reload.add_argument("--no-wait", action="store_true",
+                        help="return once the reload is accepted")
+    reload.add_argument("--timeout", type=float, default=1800,
+                        help="seconds to wait for the reload to finish (default 1800)")
+    reload.set_defaults(func=cmd_reload)
 
     worker = with_config(sub.add_parser("worker", help="run one worker alone (a pod, a node)"))
     worker.add_argument("name", help="the worker's name under `workers:` in the config")

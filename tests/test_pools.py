@@ -22,7 +22,7 @@ from serving.config.hardware import vllm_cpu_binding
 from serving.errors import OpenAIError
 from serving.launcher.order import process_order
 from serving.launcher.pools import PoolRouterSpec
-from serving.launcher.runtime_file import write_runtime
+from serving.launcher.runtime_file import StackInfo, write_runtime
 from serving.launcher.supervisor import Supervisor, WorkerSpec, free_port
 from serving.launcher.worker_set import worker_endpoints, worker_specs
 from serving.upstream.worker import Endpoints, Worker
@@ -378,7 +378,7 @@ def test_the_runtime_file_lists_every_replica(tmp_path: Path):
     supervisors = [Supervisor(spec) for spec in specs]
     for port, s in enumerate(supervisors, start=7000):
         s.port = port
-    write_runtime(tmp_path / "runtime.json", "http://router", supervisors)
+    write_runtime(tmp_path / "runtime.json", StackInfo("http://router"), supervisors)
     workers = json.loads((tmp_path / "runtime.json").read_text())["workers"]
     # `url` is what the router calls: the chat pool's router, a media pool's first replica.
     assert workers["chat"]["url"] == "http://127.0.0.1:7002"

@@ -248,6 +248,17 @@ class WorkerConfig(Strict):
         "replica of this worker.")
     routing: Routing = Field(default_factory=lambda: Routing(),
                              description="How requests spread over several replicas.")
+    drain_timeout_s: float = Field(
+        default=120.0, ge=0,
+        description="On a reload that removes or replaces this worker: how long its requests "
+        "in flight (streams, renders) get to finish before its processes stop.")
+    reload_strategy: Literal["auto", "blue_green", "drain_first"] = Field(
+        default="auto",
+        description="How a reload replaces this worker when its model or engine args change. "
+        "blue_green: the new processes start beside the old, and traffic moves once they are "
+        "healthy (no failed request; needs memory for both). drain_first: the old stop "
+        "first, and the model answers 503 `model_reloading` with Retry-After until the new "
+        "ones serve. auto: blue_green, unless a CUDA config's memory plan cannot hold both.")
 
     # Filled in by the loader from the catalog.
     entry: ModelEntry | None = Field(default=None, exclude=True)

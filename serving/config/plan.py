@@ -261,3 +261,19 @@ def format_plan(plans: list[GpuPlan]) -> str:
             lines.append("  (no worker)")
     lines.append(f"(GiB; each worker's peak includes {CONTEXT_GIB} GiB of CUDA context)")
     return "\n".join(lines)
+
+
+def checked_plan(config: Config, where: str) -> str:
+    """The memory plan of a CUDA config as a table, checked; a GPU that does not fit is a
+    config error naming `where` (the last file given: where an overlay that breaks the plan
+    usually is)."""
+    try:
+        plans = memory_plan(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    table = format_plan(plans)
+    try:
+        check_plan(plans)
+    except ConfigError as e:
+        raise ConfigError(f"{table}\n{where}: {e}") from None
+    return table

@@ -60,6 +60,9 @@ class RouterRun:
     metrics_port: bool = True  # serve `router.metrics_port` (process 0 does, for all)
     runtime_file: Path | None = None  # the workers' URLs, which the extra processes follow
     ready_message: str = "serving: ready on {url}/v1"
+    # Also serve on a loopback port of its own (`control`), where the other router processes
+    # reach this one (the launcher's) whatever the shared port's kernel spreading does.
+    control: bool = False
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -73,8 +76,9 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 async def serve_router(run: RouterRun, endpoints: Mapping[str, Endpoints], *,
                        on_services: Callable[[Services], None] | None = None,
-                       on_listening: Callable[[str], None] | None = None) -> int:
-    """Serve the router in this process until SIGINT/SIGTERM; 0 once it stopped cleanly."""
+                       on_listening: Callable[[str, str | None], None] | None = None) -> int:
+    """Serve the router in this process until SIGINT/SIGTERM; 0 once it stopped cleanly.
+    `on_listening(url, control_url)` runs once it listens."""
     folder = share_metrics() if run.processes > 1 else None  # before any metric exists
     routers: list[Supervisor] = []
     tasks: list[asyncio.Task] = []
@@ -90,16 +94,21 @@ async def serve_router(run: RouterRun, endpoints: Mapping[str, Endpoints], *,
             log.error("cannot listen on %s:%s: %s", run.host, run.port, e.strerror)
             return 1
         url = f"http://{run.host}:{sock.getsockname()[1]}"
+        sockets = [sock]
+        if run.control:
+            sockets.append(bind("127.0.0.1", 0, reuse_port=False))
+        control = f"http://127.0.0.1:{sockets[-1].getsockname()[1]}" if run.control else None
 
         def listening() -> None:
             if on_listening is not None:
-                on_listening(url)
+                on_listening(url, control)
             if folder is not None:
                 others = extra_router_specs(run, sock.getsockname()[1], folder)
                 tasks.append(asyncio.create_task(start_extra_routers(others, routers)))
             print(run.ready_message.format(url=url), flush=True)
 
-        server = await serve(app, run.config, sock, listening, metrics_port=run.metrics_port)
+        server = await serve(app, run.config, sockets, listening,
+                             metrics_port=run.metrics_port)
         return 0 if server.started else 1
     finally:
         for task in tasks:
@@ -137,17 +146,17 @@ def router_servers(app: FastAPI, config: Config, metrics_port: bool = True
     return server, metrics
 
 
-async def serve(app: FastAPI, config: Config, sock: socket.socket,
+async def serve(app: FastAPI, config: Config, sockets: list[socket.socket],
                 on_started: Callable[[], None] | None = None,
                 metrics_port: bool = True) -> uvicorn.Server:
-    """Serve `app` on `sock` until SIGINT/SIGTERM; `on_started()` runs once it listens."""
+    """Serve `app` on `sockets` until SIGINT/SIGTERM; `on_started()` runs once it listens."""
     server, metrics = router_servers(app, config, metrics_port)
     # Started first so the API server's signal handling is outermost: a SIGTERM drains the
     # API, then stops the metrics port (uvicorn hands the signal on when it returns).
     metrics_task = metrics and asyncio.create_task(metrics.serve())
     announce = asyncio.create_task(_when_started(server, on_started))
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
     finally:
         announce.cancel()
         if metrics is not None and metrics_task is not None:

@@ -8,29 +8,37 @@ it when a worker moves.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.config import Config, ConfigError
 from serving.launcher.pools import PoolRouterSpec, has_pool_router
 from serving.launcher.supervisor import Supervisor
-from serving.upstream.worker import Endpoints, Worker
+from serving.upstream.worker import Endpoints
 
 log = logging.getLogger("serving.launcher")
 
-FOLLOW_INTERVAL_S = 1.0
 
 
-def write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervisor]) -> None:
+@dataclass(frozen=True)
+class StackInfo:
+    """What the runtime file says of the stack itself."""
+
+    router: str  # its URL
+    control: str | None = None  # the launcher's own loopback URL (reloads go there)
+    config: str = ""  # the digest of the config it serves
+
+
+def write_runtime(runtime_file: Path, stack: StackInfo, supervisors: list[Supervisor]) -> None:
     """Where each worker listens, for scripts and tests. `url` and `pid` are what the router
     calls for the worker: its only process, a chat pool's router, or a media pool's first
     replica; a worker with several replicas also lists them all, by name. A chat pool's router
-    also gives the URL of its Prometheus metrics (`metrics_url`), which the router merges."""
+    also gives the URL of its Prometheus metrics (`metrics_url`), which the router merges.
+    `config` changes when a reload applied an edited config, which tells the routers that
+    follow the file to reload theirs."""
     workers: dict[str, dict] = {}
     for s in supervisors:
         here = {"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None}
@@ -41,17 +49,19 @@ def write_runtime(runtime_file: Path, router_url: str, supervisors: list[Supervi
             info.update(url=here["url"], pid=here["pid"])
         if s.name != s.spec.worker and not isinstance(s.spec, PoolRouterSpec):
             info.setdefault("replicas", []).append(here)
-    info = {"router": router_url, "pid": os.getpid(), "workers": workers}
+    info = {"router": stack.router, "control": stack.control, "config": stack.config,
+            "pid": os.getpid(), "workers": workers}
     tmp = runtime_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(runtime_file)
 
 
-def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
-    """Where each worker of a running `serving up --runtime-file` is: its replicas, and a
-    chat pool's router (`url` is the pool router when the worker has replicas)."""
+def read_runtime(path: Path) -> tuple[StackInfo, dict[str, Endpoints]]:
+    """The stack, and where each of its workers is: its replicas, and a chat pool's router
+    (`url` is the pool router when the worker has replicas)."""
     try:
         info = json.loads(path.read_text())
+        stack = StackInfo(info["router"], info.get("control"), info.get("config", ""))
         out = {}
         for name, worker in info["workers"].items():
             replicas = tuple(r["url"] for r in worker.get("replicas", ()))
@@ -62,12 +72,16 @@ def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
             else:
                 out[name] = Endpoints(replicas, gateway=worker["url"],
                                       gateway_metrics=worker.get("metrics_url"))
-        return out
+        return stack, out
     except FileNotFoundError:
         raise ConfigError(f"--workers-from {path}: no such file (is `serving up "
                           "--runtime-file` running?)") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--workers-from {path}: not a runtime file: {e}") from None
+
+
+def read_runtime_workers(path: Path) -> dict[str, Endpoints]:
+    return read_runtime(path)[1]
 
 
 def worker_urls(config: Config, runtime_file: Path | None) -> dict[str, Endpoints]:
@@ -95,22 +109,3 @@ def worker_urls(config: Config, runtime_file: Path | None) -> dict[str, Endpoint
                 f"workers.{name}.endpoints, or run beside `serving up --runtime-file FILE` "
                 "with --workers-from FILE")
     return urls
-
-
-async def follow_runtime_file(workers: Mapping[str, Worker], path: Path) -> None:
-    """Point the router at workers that `serving up` restarted on other ports."""
-    last = None
-    while True:
-        await asyncio.sleep(FOLLOW_INTERVAL_S)
-        with contextlib.suppress(OSError):
-            stamp = path.stat().st_mtime_ns
-            if stamp == last:
-                continue
-            last = stamp
-            try:
-                urls = read_runtime_workers(path)
-            except ConfigError:
-                continue  # being rewritten; the next look finds it whole
-            for name, worker in workers.items():
-                if name in urls:
-                    worker.follow(urls[name])

@@ -1,70 +1,42 @@
 """`serving up`: prepare models, start the workers, wait for them, serve the router.
 
 Everything runs in one asyncio loop: the router (uvicorn), the supervisors that restart crashed
-workers, and the pumps that copy worker logs. Ctrl-C or SIGTERM at any point stops the router
-and then every worker; nothing is left running.
+workers, the pumps that copy worker logs, and reloads. Ctrl-C or SIGTERM at any point stops the
+router and then every worker; nothing is left running. SIGHUP (like `POST /v1/admin/reload`
+and `serving reload`) applies the edited config files in place (`reload.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import signal
 from pathlib import Path
 
 from serving.config import Config
-from serving.launcher.order import process_order, start_in_order
+from serving.errors import OpenAIError
+from serving.launcher.reload import StackReloader
 from serving.launcher.router_process import RouterRun, run_loop, serve_router
-from serving.launcher.runtime_file import write_runtime
-from serving.launcher.supervisor import Supervisor, WorkerFailed
-from serving.launcher.worker_set import worker_endpoints, worker_specs
+from serving.launcher.running import Stack
+from serving.launcher.runtime_file import StackInfo
+from serving.launcher.supervisor import WorkerFailed
 from serving.router import Principal, Services, UnresolvedKey, resolve_keys
 from serving.weights.prepare import prepare_all
 
 log = logging.getLogger("serving.launcher")
 
 
-class Stack:
-    """The worker processes of one `serving up`, and the router that serves them."""
-
-    def __init__(self, config: Config, model_paths: dict[str, Path]):
-        self.config = config
-        self.by_name: dict[str, Supervisor] = {}
-        specs = worker_specs(config, model_paths, lambda name: self.by_name[name].url)
-        self.supervisors = [Supervisor(spec) for spec in specs]
-        self.by_name.update((s.name, s) for s in self.supervisors)
-        self.order = process_order(config, specs)
-
-    async def start_workers(self) -> None:
-        """Every worker, healthy. On a shared GPU, vLLM first: it sizes itself from the memory
-        it finds free. A pool router starts once its replicas are up."""
-        await start_in_order(self.supervisors, self.order)
-
-    def endpoints(self):
-        return worker_endpoints(
-            self.config, lambda name: self.by_name[name].url,
-            lambda name: getattr(self.by_name[name].spec, "metrics_url", None))
-
-    def follow_restarts(self, services: Services) -> None:
-        """A worker restarted on another port is reached there."""
-        for s in self.supervisors:
-            s.on_up.append(services.workers[s.spec.worker].member(s.name).move_to)
-
-    def keep_runtime_file(self, path: Path, router_url: str) -> None:
-        """Write where everything listens now, and again whenever a worker moves."""
-        write_runtime(path, router_url, self.supervisors)
-        for s in self.supervisors:
-            s.on_up.append(lambda _: write_runtime(path, router_url, self.supervisors))
-
-    async def stop(self) -> None:
-        await asyncio.shield(asyncio.gather(*(s.stop() for s in self.supervisors)))
+def default_runtime_file(config: Config) -> Path:
+    """Where `serving up` says where it listens unless told (`serving reload` looks here)."""
+    return config.state_dir / "runtime.json"
 
 
 async def run_stack(config: Config, model_paths: dict[str, Path], keys: list[Principal],
                     host: str, port: int, runtime_file: Path | None = None,
                     config_files: tuple[Path, ...] = ()) -> int:
-    """`config_files` are what `config` was loaded from: extra router processes load them."""
+    """`config_files` are what `config` was loaded from: a reload and the extra router
+    processes read them again."""
     loop = asyncio.get_running_loop()
     startup: asyncio.Task | None = None
     stop_requested = False
@@ -82,32 +54,49 @@ async def run_stack(config: Config, model_paths: dict[str, Path], keys: list[Pri
         signal.signal(sig, on_signal)
 
     stack = Stack(config, model_paths)
-    processes = config.router.processes
-    if processes > 1 and runtime_file is None:
-        # The other router processes follow the workers through this file.
-        runtime_file = config.state_dir / f"runtime-{os.getpid()}.json"
+    reloader = StackReloader(stack, config_files)
+    runtime_file = runtime_file or default_runtime_file(config)
     try:
         startup = asyncio.create_task(stack.start_workers())
         await startup
         startup = None
         if stop_requested:  # between the workers' start and the router's
             return 130
-        run = RouterRun(config, keys, host, port, config_files, processes=processes,
-                        runtime_file=runtime_file)
-        return await serve_router(
-            run, stack.endpoints(), on_services=stack.follow_restarts,
-            on_listening=None if runtime_file is None
-            else lambda url: stack.keep_runtime_file(runtime_file, url))
+
+        def on_services(services: Services) -> None:
+            stack.attach(services)
+            services.reloader = reloader
+
+        def on_listening(url: str, control: str | None) -> None:
+            assert stack.services is not None
+            runtime_file.parent.mkdir(parents=True, exist_ok=True)
+            stack.keep_runtime_file(runtime_file,
+                                    StackInfo(url, control, stack.services.view.digest))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
+                _reload_on_signal(reloader)))
+
+        run = RouterRun(config, keys, host, port, config_files,
+                        processes=config.router.processes, runtime_file=runtime_file,
+                        control=True)
+        return await serve_router(run, stack.endpoints(), on_services=on_services,
+                                  on_listening=on_listening)
     except asyncio.CancelledError:
         return 130
     except WorkerFailed as error:
         log.error("%s", error)
         return 1
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
         await stack.stop()
-        if runtime_file is not None:
-            runtime_file.unlink(missing_ok=True)
+        runtime_file.unlink(missing_ok=True)
         log.info("stopped")
+
+
+async def _reload_on_signal(reloader: StackReloader) -> None:
+    log.info("received SIGHUP; reloading %s", ", ".join(map(str, reloader.files)))
+    with contextlib.suppress(OpenAIError):  # refused or already running: logged
+        await reloader.request()
 
 
 def run(config: Config, host: str, port: int, runtime_file: Path | None = None,

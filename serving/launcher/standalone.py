@@ -12,7 +12,13 @@ from pathlib import Path
 
 from serving.config import Config, ConfigError
 from serving.launcher.router_process import RouterRun, run_loop, serve_router
-from serving.launcher.runtime_file import follow_runtime_file, worker_urls
+from serving.launcher.router_reload import (
+    ForwardingReloader,
+    RouterReloader,
+    follow_stack,
+    watch_files,
+)
+from serving.launcher.runtime_file import worker_urls
 from serving.launcher.worker_set import WORKER_BUILDERS
 from serving.router import Services, UnresolvedKey, resolve_keys
 from serving.weights.prepare import chat_template_path, prepare_model
@@ -22,10 +28,11 @@ log = logging.getLogger("serving.launcher")
 
 def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: int,
                workers_from: Path | None, *, reuse_port: bool = False,
-               single_process: bool = False) -> int:
+               single_process: bool = False, watch_config: bool = False) -> int:
     """Serve only the router. With `router.processes` > 1 (and not `single_process`, which
     the extra processes themselves get), the others are started as children on the port.
-    With `workers_from`, the workers' URLs come from that runtime file and follow it."""
+    With `workers_from`, the workers' URLs come from that runtime file and follow it, and a
+    reload is the stack's. `watch_config`: reload when the config files change."""
     try:
         keys = resolve_keys(config)
     except UnresolvedKey as e:
@@ -40,12 +47,18 @@ def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    following: list[asyncio.Task] = []
+    background: list[asyncio.Task] = []
 
-    def follow(services: Services) -> None:
+    def on_services(services: Services) -> None:
+        own = RouterReloader(services, config_files, workers_from)
+        services.reloader = own if workers_from is None else ForwardingReloader(workers_from)
         if workers_from is not None:
-            following.append(asyncio.create_task(
-                follow_runtime_file(services.workers, workers_from)))
+            background.append(asyncio.create_task(follow_stack(services, workers_from, own)))
+        if watch_config:
+            background.append(asyncio.create_task(watch_files(config_files, own)))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: background.append(
+            loop.create_task(own.reload_logged())))
 
     async def main() -> int:
         try:
@@ -55,9 +68,9 @@ def run_router(config: Config, config_files: tuple[Path, ...], host: str, port: 
                           reuse_port=reuse_port, metrics_port=not single_process,
                           runtime_file=workers_from,
                           ready_message="serving: router ready on {url}/v1"),
-                endpoints, on_services=follow)
+                endpoints, on_services=on_services)
         finally:
-            for task in following:
+            for task in background:
                 task.cancel()
 
     return run_loop(main())

@@ -65,7 +65,8 @@ async def usage(
 
 
 async def _metrics(services: Services) -> Response:
-    body = await services.metering.metrics.render(services.workers, services.vllm_workers)
+    view = services.view
+    body = await services.metering.metrics.render(view.workers, view.vllm_workers)
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -7,24 +7,28 @@ first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 
 from serving.cancel import ClientDisconnected
 from serving.config import Config
 from serving.errors import install_error_handlers
-from serving.router import admin, health, models, unsupported
+from serving.router import admin, health, models, reload, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.call_worker import client_closed
 from serving.router.dependencies import install_services
 from serving.router.images import routes as image_routes
 from serving.router.keys import Principal
 from serving.router.middleware.auth import AuthMiddleware
-from serving.router.middleware.body_size import BodySizeLimitMiddleware, body_limit
+from serving.router.middleware.body_size import (
+    BodyLimits,
+    BodySizeLimitMiddleware,
+    body_limit,
+)
+from serving.router.middleware.cors import ConfiguredCORS
 from serving.router.middleware.metering import MeteringMiddleware
 from serving.router.middleware.request_id import RequestIdMiddleware
 from serving.router.services import Services, build_services
@@ -34,31 +38,37 @@ from serving.upstream.worker import Endpoints
 
 ROUTERS = (health.router, models.router, chat.router, completions.router, responses.router,
            image_routes.router, video_routes.router, audio_routes.router, admin.router,
-           unsupported.router)
+           reload.router, unsupported.router)
 
 
 def middleware(services: Services) -> list[Middleware]:
     """Outermost first. The request id opens the request's context and writes the access log
     line; CORS answers preflights (which carry no key) before auth sees them; metering sees
     every request auth let through, to its last byte; the body cap is innermost, so a 413 is
-    metered like any other answer."""
-    router = services.config.router
-    cors = [Middleware(
-        CORSMiddleware, allow_origins=router.cors_origins,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-        expose_headers=["X-Request-Id"],
-    )] if router.cors_origins else []
-    uploads = audio_routes.upload_limit(services.registry)
-    per_path = {audio_routes.TRANSCRIPTIONS: uploads} if uploads else {}
+    metered like any other answer. Each reads the settings of the deployment as it is now."""
     return [
         Middleware(RequestIdMiddleware),
-        *cors,
-        Middleware(AuthMiddleware, keys=services.keys),
+        Middleware(ConfiguredCORS, origins=lambda: services.view.config.router.cors_origins),
+        Middleware(AuthMiddleware, keys=lambda: services.view.keys),
         Middleware(MeteringMiddleware, metering=services.metering),
-        Middleware(BodySizeLimitMiddleware, limit=body_limit(router.max_body_bytes),
-                   per_path=per_path),
+        Middleware(BodySizeLimitMiddleware, limits=_body_limits(services)),
     ]
+
+
+def _body_limits(services: Services) -> Callable[[], BodyLimits]:
+    """The body caps of the deployment now, worked out once per view."""
+    made: list = [None, None]  # the view they were worked out for, and its limits
+
+    def limits() -> BodyLimits:
+        view = services.view
+        if made[0] is not view:
+            uploads = audio_routes.upload_limit(view.registry)
+            made[:] = [view, BodyLimits(body_limit(view.config.router.max_body_bytes),
+                                        {audio_routes.TRANSCRIPTIONS: uploads} if uploads
+                                        else {})]
+        return made[1]
+
+    return limits
 
 
 def build_app(services: Services) -> FastAPI:

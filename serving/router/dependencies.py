@@ -17,7 +17,7 @@ from serving.errors import OpenAIError
 from serving.router.context import RequestContext, context_of
 from serving.router.metering import Metering
 from serving.router.registry import Registry
-from serving.router.services import Services
+from serving.router.services import RouterView, Services
 from serving.video_jobs.service import VideoService
 
 
@@ -34,16 +34,25 @@ async def _services(request: Request) -> Services:
     return services_of(request.app)
 
 
-async def _registry(request: Request) -> Registry:
-    return services_of(request.app).registry
+async def _view(request: Request) -> RouterView:
+    """The deployment as this request sees it: read once per request (FastAPI caches a
+    dependency's value for the request), so a reload mid-request never mixes two configs."""
+    return services_of(request.app).view
+
+
+ViewDep = Annotated[RouterView, Depends(_view)]
+
+
+async def _registry(view: ViewDep) -> Registry:
+    return view.registry
 
 
 async def _metering(request: Request) -> Metering:
     return services_of(request.app).metering
 
 
-async def _config(request: Request) -> Config:
-    return services_of(request.app).config
+async def _config(view: ViewDep) -> Config:
+    return view.config
 
 
 async def request_context(request: Request) -> RequestContext:

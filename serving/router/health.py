@@ -31,7 +31,8 @@ async def health() -> dict[str, str]:
 async def ready(services: ServicesDep) -> JSONResponse:
     """Ready when every worker can serve; a pool can with one replica up. The body names each
     worker's state, and each replica's (and pool router's) where a worker has several."""
-    workers = services.workers
+    view = services.view
+    workers = view.workers
     probes = await asyncio.gather(*(w.probe() for w in workers.values()))
     status = {name: "up" if w.serves(states) else "down"
               for (name, w), states in zip(workers.items(), probes, strict=True)}
@@ -41,7 +42,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
     body = {"workers": status, **({"replicas": replicas} if replicas else {})}
     down = [name for name, state in status.items() if state == "down"]
     ledger = services.metering.ledger.state()
-    extra: dict[str, object] = {"ledger": ledger.describe()}
+    extra: dict[str, object] = {"ledger": ledger.describe(), "config": view.digest}
     degraded = not ledger.up
     if services.videos is not None:
         extra["artifacts"] = artifacts = services.videos.health.report()

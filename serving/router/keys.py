@@ -115,6 +115,13 @@ class KeyStore:
     def __init__(self, keys: list[Principal]):
         self._keys = [(bytes.fromhex(k.sha256), k) for k in keys]
 
+    def principals(self) -> list[Principal]:
+        return [k for _, k in self._keys]
+
+    def names(self) -> dict[str, str]:
+        """Each key's hash -> its name (what video billing records)."""
+        return {k.sha256: k.name for _, k in self._keys}
+
     def verify(self, token: str) -> Principal | None:
         """The matching key, or None. Every stored hash is compared, in constant time."""
         digest = hashlib.sha256(token.encode()).digest()

@@ -13,7 +13,6 @@ middleware's `finally`. Routes only fill in the request's `Meter` (`context.py`)
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from starlette.types import Scope
@@ -32,37 +31,17 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer w
 OVERLOAD_RETRY_AFTER_S = 1
 
 
-class InFlight:
-    """Requests in flight per model; a plain counter, as the event loop is single-threaded."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def try_acquire(self, model: str, cap: int) -> bool:
-        n = self.counts.get(model, 0)
-        if n >= cap:
-            return False
-        self.counts[model] = n + 1
-        return True
-
-    def release(self, model: str) -> None:
-        self.counts[model] -= 1
-
-
 class Metering:
-    def __init__(self, limiter: RateLimiter, ledger: Ledger, metrics: RouterMetrics,
-                 caps: dict[str, int]):
+    def __init__(self, limiter: RateLimiter, ledger: Ledger, metrics: RouterMetrics):
         self.limiter = limiter
         self.ledger = ledger
         self.metrics = metrics
-        self.caps = caps  # worker name -> max requests in flight
-        self.in_flight = InFlight()
 
     async def admit(self, key: Principal, served: Served, endpoint: str,
                     tokens: int = 0) -> Ticket:
         """Let the request in, or raise the 503 (model at capacity) or 429 (rate limit)."""
-        model, name = served.entry.id, served.worker.name
-        if not self.in_flight.try_acquire(name, self.caps.get(name, math.inf)):
+        model, worker = served.entry.id, served.worker
+        if not worker.try_acquire():
             self.metrics.overloaded.labels(model).inc()
             raise OpenAIError(
                 503, f"The model `{model}` is at capacity; retry shortly.",
@@ -78,7 +57,7 @@ class Metering:
         else:
             headers = decision.headers()
             if not decision.allowed:
-                self.in_flight.release(name)
+                worker.release()
                 kind = decision.exceeded or "requests"
                 self.metrics.rate_limited.labels(key.name, kind).inc()
                 raise OpenAIError(429, _limit_message(decision, kind, tokens, headers),
@@ -102,7 +81,7 @@ class Metering:
         model = "-"
         if ticket is not None:
             model = ticket.served.entry.id
-            self.in_flight.release(ticket.served.worker.name)
+            ticket.served.worker.release()
             self.metrics.in_flight.labels(ticket.endpoint, model).dec()
             if ticket.tokens:
                 try:

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
 
 import httpx
@@ -113,6 +113,9 @@ class RouterMetrics:
         self.worker_up = Gauge("serving_worker_up", "1 when the worker answers its health "
                                "check (a pool: its router and at least one replica).",
                                ["worker"], multiprocess_mode="livemostrecent", registry=r)
+        self.reloads = Counter("serving_reloads", "Config reloads asked for, by result: "
+                               "applied, failed (the old state kept serving) or refused (the "
+                               "config did not pass its checks).", ["result"], registry=r)
         self.replica_up = Gauge("serving_replica_up", "1 when the replica of a pooled worker "
                                 "answers its health check.", ["worker", "replica"],
                                 multiprocess_mode="livemostrecent", registry=r)
@@ -149,7 +152,7 @@ class RouterMetrics:
             if count := usage.get(field) or (other and usage.get(other)):
                 self.tokens.labels(model, kind).inc(count)
 
-    async def render(self, workers: dict[str, Worker], vllm_workers: set[str]) -> bytes:
+    async def render(self, workers: Mapping[str, Worker], vllm_workers: Set[str]) -> bytes:
         """The router's metrics, then the vLLM workers' own (named `vllm:...`, so they cannot
         clash with ours), merged into one family per metric with a `worker` label, and a
         `replica` label for each replica of a pool (scraped one by one, not through its pool
@@ -175,6 +178,9 @@ class RouterMetrics:
                 texts[gateway.name] = text
             return {k: text for k, text in texts.items() if text is not None}
 
+        if not self.shared_folder:  # a worker a reload removed is no longer shown
+            self.worker_up.clear()
+            self.replica_up.clear()
         labels, texts = {}, {}
         for name, found in zip(workers, await asyncio.gather(
                 *(probe(n, w) for n, w in workers.items())), strict=True):

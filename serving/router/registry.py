@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from serving.config import Modality
 from serving.errors import OpenAIError, model_not_found
 from serving.router.keys import Principal
@@ -9,9 +12,12 @@ from serving.upstream.served import Served
 
 
 class Registry:
-    def __init__(self, served: list[Served]):
+    def __init__(self, served: list[Served], reloading: Mapping[str, float] | None = None):
         self.served = served
         self._by_name = {name: s for s in served for name in s.entry.names()}
+        # Model id -> seconds until it is expected back: a reload that could not run the new
+        # worker beside the old one stopped the old first (`model_reloading`, 503).
+        self.reloading = dict(reloading or {})
 
     def get(self, name: str) -> Served | None:
         return self._by_name.get(name)
@@ -34,10 +40,10 @@ class Registry:
             if served is None:
                 raise OpenAIError(404, f"No {modality.value} model is configured.",
                                   param="model", code="model_not_found")
-            return served
-        served = self._by_name.get(name)
-        if served is None or (key is not None and not key.may_use(*served.entry.names())):
-            raise model_not_found(name)
+        else:
+            served = self._by_name.get(name)
+            if served is None or (key is not None and not key.may_use(*served.entry.names())):
+                raise model_not_found(name)
         if served.entry.modality != modality:
             raise OpenAIError(
                 400,
@@ -46,4 +52,9 @@ class Registry:
                 param="model",
                 code="model_not_supported",
             )
+        if served.entry.id in self.reloading:
+            raise OpenAIError(
+                503, f"The model `{served.entry.id}` is being reloaded with a new "
+                "configuration; retry shortly.", code="model_reloading", type="server_error",
+                headers={"Retry-After": str(max(1, math.ceil(self.reloading[served.entry.id])))})
         return served

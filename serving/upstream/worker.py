@@ -46,10 +46,18 @@ class Worker:
     looks the same here."""
 
     def __init__(self, name: str, endpoints: str | Endpoints, timeouts: Timeouts,
-                 max_connections: int, health_interval_s: float = 2.0):
+                 max_connections: int, health_interval_s: float = 2.0,
+                 max_in_flight: int | None = None):
         if isinstance(endpoints, str):
             endpoints = Endpoints((endpoints,))
         self.name = name
+        self.endpoints = endpoints
+        # Requests admitted to this worker and not yet ended (their last byte sent): the cap
+        # the router admits against, and what a reload waits for before stopping it.
+        self.max_in_flight = max_in_flight
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         many = len(endpoints.replicas) > 1
         self.replicas = [
             Replica(f"{name}/{i}" if many else name, i if many else None, url, timeouts,
@@ -90,6 +98,27 @@ class Worker:
 
     def unavailable(self) -> OpenAIError:
         return unavailable(self.name)
+
+    def try_acquire(self) -> bool:
+        """Count a request in, unless the worker has its `max_in_flight`."""
+        if self.max_in_flight is not None and self.active >= self.max_in_flight:
+            return False
+        self.active += 1
+        self._idle.clear()
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until every request admitted here has ended (at most `timeout_s`)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def pick(self, tried: frozenset[Replica] = frozenset()) -> Replica | None:
         """The target with the fewest requests in flight among those up (all of them if none

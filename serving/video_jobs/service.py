@@ -74,20 +74,41 @@ class VideoService:
         self.artifacts = artifact_store(config)
         self.health = ArtifactHealth(self.artifacts.location, registry)
         self.spool = config.state_dir.expanduser() / "video-uploads"
-        self.dispatchers = {
-            s.entry.id: Dispatcher(self.store, self.artifacts, self.health, s.entry.id,
-                                   s.worker, self.config, self.spool, billing.completed)
-            for s in served
-        }
-        self._tasks: list[asyncio.Task] = []
+        self.billing = billing
+        self.dispatchers = {s.entry.id: self._dispatcher(s) for s in served}
+        self._runs: dict[str, asyncio.Task] = {}
+        self._purging: asyncio.Task | None = None
+
+    def _dispatcher(self, served: Served) -> Dispatcher:
+        return Dispatcher(self.store, self.artifacts, self.health, served.entry.id,
+                          served.worker, self.config, self.spool, self.billing.completed)
 
     async def start(self) -> None:
         """Bring the jobs' tables to the newest schema, then start working. Jobs another
         replica is rendering are left alone; those whose replica died are taken over when
         their lease runs out."""
         await asyncio.to_thread(migrate, self.engine, "videos")
-        self._tasks = [asyncio.create_task(d.run()) for d in self.dispatchers.values()]
-        self._tasks.append(asyncio.create_task(self._purge()))
+        self._runs = {model: asyncio.create_task(d.run())
+                      for model, d in self.dispatchers.items()}
+        self._purging = asyncio.create_task(self._purge())
+
+    async def update(self, served: list[Served]) -> None:
+        """Render for `served` from now on (a reload): a model whose worker changed or left
+        stops its dispatcher, which hands its jobs back to the queue to render again; a new
+        one starts."""
+        wanted = {s.entry.id: s for s in served}
+        for model, dispatcher in list(self.dispatchers.items()):
+            if model not in wanted or wanted[model].worker is not dispatcher.worker:
+                del self.dispatchers[model]
+                if (run := self._runs.pop(model, None)) is not None:
+                    run.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await run
+        for model, s in wanted.items():
+            if model not in self.dispatchers:
+                self.dispatchers[model] = self._dispatcher(s)
+                if self._purging is not None:  # started
+                    self._runs[model] = asyncio.create_task(self.dispatchers[model].run())
 
     async def create(self, owner: str, model: str, params: VideoParams) -> Job:
         """Queue a render for `owner`, or the 429 once it has `max_queued_per_key` queued or
@@ -175,9 +196,10 @@ class VideoService:
                     path.unlink(missing_ok=True)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._runs.values(), *([self._purging] if self._purging else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.artifacts.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import OpenAIError
@@ -16,9 +18,9 @@ def _unauthorized(message: str) -> OpenAIError:
 class AuthMiddleware:
     """Guards every /v1/ path and /metrics; /health, /ready and /openapi.json stay open."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore):
+    def __init__(self, app: ASGIApp, keys: Callable[[], KeyStore]):
         self.app = app
-        self.keys = keys
+        self.keys = keys  # the keys now: a reload may change them between two requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -32,7 +34,7 @@ class AuthMiddleware:
             )
         else:
             scheme, _, token = header.decode("latin-1").partition(" ")
-            key = self.keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+            key = self.keys().verify(token.strip()) if scheme.lower() == "bearer" else None
             if key is not None:
                 # The name is for logs and the ledger; the hash identifies the owner of
                 # resources such as video jobs, whatever the key is named.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fastapi import HTTPException
@@ -23,20 +23,27 @@ def body_limit(max_bytes: int) -> BodyLimit:
         code="request_too_large"))
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    default: BodyLimit
+    per_path: Mapping[str, BodyLimit]  # paths with limits of their own
+
+
 class BodySizeLimitMiddleware:
     """Rejects a body over its limit from its Content-Length at once, and a chunked one as
     soon as it passes the limit. Paths in `per_path` have limits of their own (transcription
-    uploads: the largest file a model takes); the one error is theirs too."""
+    uploads: the largest file a model takes); the one error is theirs too. `limits()` gives
+    them as the deployment now has them (a reload may change them)."""
 
-    def __init__(self, app: ASGIApp, limit: BodyLimit, per_path: Mapping[str, BodyLimit]):
+    def __init__(self, app: ASGIApp, limits: Callable[[], BodyLimits]):
         self.app = app
-        self.limit = limit
-        self.per_path = per_path
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.per_path.get(scope["path"], self.limit)
+        limits = self.limits()
+        limit = limits.per_path.get(scope["path"], limits.default)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > limit.max_bytes:
             return await limit.error.response()(scope, receive, send)
