@@ -365,7 +365,7 @@ def test_router_runs_serving_router_with_its_config_and_probes():
     router = find(manifests, "Deployment", "serving-router")
     c = container(router)
     assert c["command"] == ["serving", "router", "-c", "/etc/serving/config.yaml",
-                            "--host", "0.0.0.0", "--port", "8000"]
+                            "--host", "0.0.0.0", "--port", "8000", "--watch-config"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     pod = router["spec"]["template"]["spec"]
@@ -531,3 +531,27 @@ def test_a_config_error_in_the_chart_config_is_reported_by_the_loader(tmp_path: 
     manifests = render("values.yaml", {"config": {"workers": {"chat": {"model": "no-such"}}}})
     with pytest.raises(ConfigError, match="unknown model 'no-such'"):
         load_config([rendered_config(manifests, tmp_path)])
+
+
+def pod_template(manifests: list[Manifest], name: str) -> Manifest:
+    return find(manifests, "Deployment", name)["spec"]["template"]
+
+
+@pytest.mark.parametrize("values_file", ["values-single-node.yaml", "values-fleet.yaml"])
+def test_an_edit_rolls_only_the_worker_it_changes(values_file: str):
+    """A worker's pods roll (a checksum of its own config in their template) only when its
+    config changes; keys, limits and the other workers' settings reach the routers, which
+    reload the ConfigMap in place (`--watch-config`) without new pods."""
+    before = render(values_file)
+    workers = {m["metadata"]["name"] for m in before if m["kind"] == "Deployment"
+               and m["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"}
+    chat = next(n for n in workers if n.endswith("-chat"))
+    edited = render(values_file, {"config": {
+        "router": {"default_limits": {"requests_per_minute": 7}},
+        "workers": {"chat": {"max_in_flight": 17}}}})
+    assert find(edited, "ConfigMap", "serving-config") != find(before, "ConfigMap",
+                                                               "serving-config")
+    assert pod_template(edited, "serving-router") == pod_template(before, "serving-router")
+    for name in workers:
+        changed = pod_template(edited, name) != pod_template(before, name)
+        assert changed == (name == chat), name
