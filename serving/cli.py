@@ -198,15 +198,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="serving", description="OpenAI-compatible model serving")
-    sub = p.add_subparsers(dest="command", required=True)
+def _with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
+                    help="config file; repeat to deep-merge overlays in order")
+    return sp
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
-                        help="config file; repeat to deep-merge overlays in order")
-        return sp
 
+def _serving_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that run something: the stack, a router, a worker; and reload."""
+    with_config = _with_config
     up = with_config(sub.add_parser("up", help="start the workers and the router"))
     up.add_argument("--host", help="router address (default: router.host, 127.0.0.1)")
     up.add_argument("--port", type=int, help="router port (default: router.port, 8000)")
@@ -253,6 +253,11 @@ def parser() -> argparse.ArgumentParser:
                         help="port (default: workers.NAME.port, else 8001)")
     worker.set_defaults(func=cmd_worker)
 
+
+
+def _admin_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that prepare, check and report."""
+    with_config = _with_config
     models = sub.add_parser("models", help="model weights").add_subparsers(
         dest="models_command", required=True)
     with_config(models.add_parser("prepare", help="download/convert every configured model")) \
@@ -286,6 +291,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true",
                         help="may also read /v1/usage and /metrics")
     create.set_defaults(func=cmd_keys_create)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="serving", description="OpenAI-compatible model serving")
+    sub = p.add_subparsers(dest="command", required=True)
+    _serving_commands(sub)
+    _admin_commands(sub)
     return p
 
 
