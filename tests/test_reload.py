@@ -156,3 +156,24 @@ workers:
                        "transcription": "replaced", "videos": "removed", "second": "added"}
     assert stack.actions(load_config([cpu])) == dict.fromkeys(old.workers, "unchanged")
     assert PLACEHOLDER not in {g.model_path for g in stack.groups.values()}
+
+
+def test_a_replica_count_alone_scales_the_pool_and_keeps_its_other_replicas(tmp_path: Path):
+    """Images 2 -> 3 replicas: scaled, replicas 0 and 1 kept (a CPU chat pool may be
+    replaced instead, where each replica's share of the cores changes with their number)."""
+    cpu = ROOT / "configs" / "cpu.yaml"
+    two, three = tmp_path / "two.yaml", tmp_path / "three.yaml"
+    two.write_text("workers: {images: {replicas: 2}}\n")
+    three.write_text("workers: {images: {replicas: 3}}\n")
+    old = load_config([cpu, two])
+    stack = Stack(old, {name: Path(f"/models/{name}") for name in old.workers})
+    new = load_config([cpu, three])
+    actions = stack.actions(new)
+    assert actions["images"] == "scaled" and actions["chat"] == "unchanged"
+    from serving.launcher.worker_set import WorkerGroup
+
+    images = stack.groups["images"]
+    scaled = WorkerGroup("images", new.workers["images"], new, images.model_path,
+                         keep=images.replicas())
+    assert scaled.supervisors[:2] == images.supervisors  # the same, running processes
+    assert [s.name for s in scaled.supervisors] == ["images/0", "images/1", "images/2"]

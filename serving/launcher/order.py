@@ -63,7 +63,8 @@ async def start_in_order(supervisors: Iterable[Supervisor], after: Mapping[str, 
     tasks: dict[str, asyncio.Task] = {}
 
     async def start(supervisor: Supervisor) -> None:
-        if waits := [tasks[name] for name in after.get(supervisor.name, ())]:
+        # Names not started here run already (a pool's kept replicas, on a reload).
+        if waits := [tasks[name] for name in after.get(supervisor.name, ()) if name in tasks]:
             await asyncio.gather(*waits)
         await supervisor.start()
 

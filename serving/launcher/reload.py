@@ -11,6 +11,8 @@ SIGHUP, `serving reload`), in the steps of a controller:
    - added: started, and joins once healthy;
    - removed: leaves the view (its model answers 404), its requests finish (up to
      `drain_timeout_s`), then it stops;
+   - scaled (only the replica count moved): new replicas start, removed ones drain and
+     stop, the others are kept; a chat pool gets a new pool router for its new members;
    - replaced: blue/green when the memory plan holds the old and the new processes together
      (on CPU: always, unless `reload_strategy: drain_first`): the new one starts beside the
      old, the view switches once it is healthy, and the old one drains. Otherwise drain first:
@@ -45,7 +47,7 @@ from serving.weights.prepare import PrepareError, chat_template_path, prepare_mo
 
 log = logging.getLogger("serving.launcher")
 
-Action = Literal["unchanged", "updated", "added", "removed", "replaced"]
+Action = Literal["unchanged", "updated", "added", "removed", "replaced", "scaled"]
 
 # Settings a running stack cannot change: its ports, stores and folders.
 RESTART_ONLY = (
@@ -168,7 +170,8 @@ class StackReloader:
                            keys: list[Principal]) -> None:
         stack = self.stack
         starting = await self._new_groups(status, new)
-        drain_first = stack.drain_first(new, starting)
+        drain_first = stack.drain_first(new, {n for n in starting
+                                              if status.workers[n].action == "replaced"})
         for name in starting:
             if status.workers[name].action == "replaced":
                 status.workers[name].strategy = ("drain_first" if name in drain_first
@@ -178,7 +181,7 @@ class StackReloader:
             await start_groups(starting.values(), process_order(
                 new, [s for g in starting.values() for s in g.specs]))
         except (WorkerFailed, asyncio.CancelledError) as e:
-            await asyncio.gather(*(g.stop() for g in starting.values()))
+            await stack.stop_new(starting.values())
             for name in starting:
                 status.workers[name].result = f"failed: {e}"
             await stack.restore(stopped)
@@ -194,9 +197,16 @@ class StackReloader:
         """The process groups to start: added and replaced workers, their models prepared."""
         groups = {}
         for name, change in status.workers.items():
+            worker = new.workers.get(name)
+            if change.action == "scaled":
+                old = self.stack.groups[name]
+                assert worker is not None
+                groups[name] = WorkerGroup(name, worker, new, old.model_path,
+                                           keep=old.replicas())
+                continue
             if change.action not in ("added", "replaced"):
                 continue
-            worker = new.workers[name]
+            assert worker is not None
             assert worker.entry is not None
             try:
                 path = await asyncio.to_thread(prepare_model, worker.entry, new.cache_dir,

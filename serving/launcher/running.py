@@ -34,13 +34,13 @@ FOLLOWERS_S = 3.0
 _BUSY = re.compile(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
-async def vllm_idle(group: WorkerGroup) -> bool:
-    """Whether a vLLM worker's replicas run and queue no request (whoever sent them: the
-    routers that follow this one count too); True for other engines, which do not say."""
-    if group.worker.entry is None or group.worker.entry.engine != "vllm":
-        return True
+async def vllm_idle(supervisors: Iterable[Supervisor]) -> bool:
+    """Whether vLLM processes run and queue no request (whoever sent them: the routers that
+    follow this one count too); others (media workers, pool routers) do not say."""
     async with httpx.AsyncClient(timeout=5) as http:
-        for s in group.replicas():
+        for s in supervisors:
+            if s.port is None or s.state != "up" or "vllm" not in " ".join(s.spec.argv):
+                continue
             try:
                 text = (await http.get(f"{s.url}/metrics")).text
             except httpx.HTTPError:
@@ -121,7 +121,11 @@ class Stack:
                           == getattr(group.worker.args, "dtype", None))
             path = group.model_path if same_model else PLACEHOLDER
             after = WorkerGroup(name, worker, new, path)
-            if not group.same_processes(after) or worker.endpoints != group.worker.endpoints:
+            if worker.endpoints != group.worker.endpoints:
+                out[name] = "replaced"
+            elif group.scales_to(after):
+                out[name] = "scaled"
+            elif not group.same_processes(after):
                 out[name] = "replaced"
             elif client_settings(self.config, name) != client_settings(new, name):
                 out[name] = "updated"
@@ -129,10 +133,9 @@ class Stack:
                 out[name] = "unchanged"
         return out
 
-    def drain_first(self, new: Config, starting: Mapping[str, WorkerGroup]) -> set[str]:
+    def drain_first(self, new: Config, replaced: set[str]) -> set[str]:
         """The replaced workers that stop before their replacement starts: those set to, and
         on a GPU those whose memory plan cannot hold the old and the new together."""
-        replaced = {name for name in starting if name in self.groups}
         first = {n for n in replaced if new.workers[n].reload_strategy == "drain_first"}
         auto = {n for n in replaced - first if new.workers[n].reload_strategy == "auto"}
         if new.device == "cuda" and auto and not self._fits_beside(new, auto):
@@ -152,6 +155,12 @@ class Stack:
                      "%s", e)
             return False
         return True
+
+    async def stop_new(self, groups: Iterable[WorkerGroup]) -> None:
+        """Stop the processes of `groups` that this stack does not run (a failed start)."""
+        running = {id(s) for s in self.supervisors()}
+        await asyncio.gather(*(s.stop() for g in groups for s in g.supervisors
+                               if id(s) not in running))
 
     async def stop_first(self, names: set[str]) -> dict[str, WorkerGroup]:
         """Take the workers `names` out of the view (their models answer 503
@@ -218,24 +227,30 @@ class Stack:
         left = await services.apply(build_view(new, workers, keys))
         self.info = StackInfo(self.info.router, self.info.control, services.view.digest)
         self.write_runtime()
-        retired = [g for n, g in old_groups.items() if self.groups.get(n) is not g]
+        running = {id(s) for s in self.supervisors()}
+        retired: dict[str, list[Supervisor]] = {}
+        for name, group in old_groups.items():
+            if gone := [s for s in group.supervisors if id(s) not in running]:
+                retired[name] = gone
         await self._retire(left, retired, old_config)
 
-    async def _retire(self, left: list[Worker], groups: list[WorkerGroup],
+    async def _retire(self, left: list[Worker], retired: dict[str, list[Supervisor]],
                       old_config: Config) -> None:
         """Let the requests of the clients that left end, then stop the old processes."""
         assert self.services is not None
         timeouts = {n: w.drain_timeout_s for n, w in old_config.workers.items()}
         await asyncio.gather(*(self.services.retire([w], timeouts.get(w.name, 60.0))
                                for w in left))
-        if groups:
+        if retired:
             await asyncio.sleep(FOLLOWERS_S)
-        await asyncio.gather(*(self._stop_idle(g, timeouts.get(g.name, 60.0)) for g in groups))
+        await asyncio.gather(*(self._stop_idle(name, processes, timeouts.get(name, 60.0))
+                               for name, processes in retired.items()))
 
-    async def _stop_idle(self, group: WorkerGroup, timeout_s: float) -> None:
-        """Stop a group that left, once its processes hold no request (at most `timeout_s`)."""
+    async def _stop_idle(self, name: str, processes: list[Supervisor], timeout_s: float
+                         ) -> None:
+        """Stop processes that left, once they hold no request (at most `timeout_s`)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await vllm_idle(group) and asyncio.get_running_loop().time() < deadline:
+        while not await vllm_idle(processes) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.5)
-        log.info("%s: stopping the processes that left", group.name)
-        await group.stop()
+        log.info("%s: stopping %s", name, ", ".join(s.name for s in processes))
+        await asyncio.gather(*(s.stop() for s in processes))

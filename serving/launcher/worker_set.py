@@ -87,15 +87,18 @@ def spec_key(spec: WorkerSpec) -> tuple:
 
 
 class WorkerGroup:
-    """The processes of one worker, supervised together."""
+    """The processes of one worker, supervised together. `keep`: running supervisors of the
+    same processes to take over (a pool scaled up or down keeps its other replicas)."""
 
-    def __init__(self, name: str, worker: WorkerConfig, config: Config, model_path: Path):
+    def __init__(self, name: str, worker: WorkerConfig, config: Config, model_path: Path,
+                 keep: Iterable[Supervisor] = ()):
         self.name = name
         self.worker = worker
         self.model_path = model_path
         self.by_name: dict[str, Supervisor] = {}
         self.specs = group_specs(name, worker, config, model_path, self.url_of)
-        self.supervisors = [Supervisor(spec) for spec in self.specs]
+        kept = {s.name: s for s in keep}
+        self.supervisors = [kept.get(spec.name) or Supervisor(spec) for spec in self.specs]
         self.by_name.update((s.name, s) for s in self.supervisors)
         self.started_s: float | None = None  # how long its last start took
 
@@ -109,6 +112,17 @@ class WorkerGroup:
     def same_processes(self, other: WorkerGroup) -> bool:
         return [spec_key(s) for s in self.specs] == [spec_key(s) for s in other.specs]
 
+    def scales_to(self, other: WorkerGroup) -> bool:
+        """Whether `other` is this worker with more or fewer replicas and otherwise the same
+        processes: the replicas both have are kept, and so is a chat pool's router command
+        (a new one is started for the new members)."""
+        mine, theirs = self.replicas(), other.replicas()
+        routers = [[spec_key(s.spec) for s in g.supervisors if s not in g.replicas()]
+                   for g in (self, other)]
+        return (len(mine) != len(theirs) and routers[0] == routers[1]
+                and all(a.name == b.name and spec_key(a.spec) == spec_key(b.spec)
+                        for a, b in zip(mine, theirs, strict=False)))
+
     def replicas(self) -> list[Supervisor]:
         return [s for s in self.supervisors if not isinstance(s.spec, PoolRouterSpec)]
 
@@ -117,12 +131,13 @@ class WorkerGroup:
 
 
 async def start_groups(groups: Iterable[WorkerGroup], after: Mapping[str, set[str]]) -> None:
-    """Start every process of `groups`, each once those in `after[name]` are healthy (on a
-    shared GPU, vLLM first; a pool router once its replicas are up); raise on the first
-    failure."""
+    """Start the processes of `groups` that never ran (a kept one runs already), each once
+    those in `after[name]` are healthy (on a shared GPU, vLLM first; a pool router once its
+    replicas are up); raise on the first failure."""
     groups = list(groups)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await start_in_order([s for g in groups for s in g.supervisors], after)
+    await start_in_order([s for g in groups for s in g.supervisors if s.process is None],
+                         after)
     for group in groups:
         group.started_s = loop.time() - started
