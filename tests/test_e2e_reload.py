@@ -30,7 +30,8 @@ from tests.conftest import CHAT_MODEL, ROOT
 from tests.support.harness import BackgroundStack, start_background_stack
 from tests.support.wait import wait_until
 
-pytestmark = pytest.mark.e2e
+# A vLLM start or two per test, on a machine that may be slow and busy.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 OLD_KEY, NEW_KEY = "sk-reload-old-0123456789", "sk-reload-new-0123456789"
 RELOAD_S = 900  # a vLLM start on a slow, busy machine; never a timing assertion

@@ -29,6 +29,7 @@ stopped first is started again) and the reload is `failed`, with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -42,6 +43,7 @@ from serving.launcher.order import process_order
 from serving.launcher.running import Stack
 from serving.launcher.supervisor import WorkerFailed
 from serving.launcher.worker_set import WorkerGroup, start_groups
+from serving.logs import request_id_var
 from serving.router import Principal, UnresolvedKey, resolve_keys
 from serving.weights.prepare import PrepareError, chat_template_path, prepare_model
 
@@ -128,7 +130,10 @@ class StackReloader:
                              for name, action in self.stack.actions(new).items()}
         log.info("reload %s: %s", self.last.id, ", ".join(
             f"{name} {c.action}" for name, c in self.last.workers.items()))
-        self._task = asyncio.create_task(self._apply(self.last, new, keys))
+        # Its log lines carry the reload's id, not the id of the request that asked for it.
+        context = contextvars.Context()
+        context.run(request_id_var.set, self.last.id)
+        self._task = asyncio.create_task(self._apply(self.last, new, keys), context=context)
         return self.last.body()
 
     async def status(self, authorization: str = "") -> dict[str, Any] | None:
