@@ -27,7 +27,11 @@ import pytest
 
 from serving.config.keys import hash_key
 from tests.conftest import CHAT_MODEL, ROOT
-from tests.support.harness import BackgroundStack, start_background_stack
+from tests.support.harness import (
+    BackgroundStack,
+    start_background_router,
+    start_background_stack,
+)
 from tests.support.wait import wait_until
 
 # A vLLM start or two per test, on a machine that may be slow and busy.
@@ -123,6 +127,10 @@ def long_prompt() -> list[dict]:
 
 def test_a_reload_replaces_chat_adds_images_and_swaps_keys_under_load(stack):
     tmp = stack.log.parent
+    # A router beside the stack, on the same files: it takes the same change.
+    follower = start_background_router(
+        [ROOT / "configs" / "cpu.yaml", tmp / "deployment.yaml"], tmp / "follower",
+        stack=stack)
     client = openai.OpenAI(base_url=stack.v1, api_key=OLD_KEY, max_retries=0, timeout=300)
     before = runtime(stack)["workers"]
     assert client.chat.completions.create(model=CHAT_MODEL, max_tokens=2,
@@ -167,6 +175,20 @@ def test_a_reload_replaces_chat_adds_images_and_swaps_keys_under_load(stack):
     assert new.images.generate(model="flux-tiny", prompt="a cat", size="128x128").data
     with pytest.raises(openai.AuthenticationError):  # the key the reload removed
         client.models.list()
+
+    # The router beside the stack followed: the new key, the new context, the new worker.
+    def followed() -> bool:
+        r = httpx.get(follower.v1 + "/catalog", headers={"Authorization": f"Bearer {NEW_KEY}"})
+        return r.status_code == 200 and {m["id"]: m for m in r.json()["data"]}[
+            CHAT_MODEL]["context_length"] == 1024
+
+    wait_until(followed, "the router beside the stack to follow the reload")
+    beside = openai.OpenAI(base_url=follower.v1, api_key=NEW_KEY, max_retries=0, timeout=300)
+    assert beside.chat.completions.create(model=CHAT_MODEL, max_tokens=2, messages=[
+        {"role": "user", "content": "hi"}]).usage.completion_tokens > 0
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=follower.v1, api_key=OLD_KEY, max_retries=0).models.list()
+    assert follower.stop() == 0
 
 
 def test_sighup_removes_the_image_worker_after_its_request(stack):
