@@ -98,31 +98,39 @@ def running_usage(event: bytes) -> dict[str, Any]:
     return parse(event)["usage"]
 
 
-async def _relay_all(pieces: list[bytes], include_usage: bool, stop_after: int | None
-                     ) -> tuple[bytes, Meter]:
-    async def body():
-        for piece in pieces:
-            yield piece
+def run_relay(relay_of: Callable[[httpx.Response, Meter], Any], pieces: list[bytes],
+              stop_after: int | None = None) -> tuple[bytes, Meter]:
+    """Drive a relay (`relay_of(response, meter)`) over `pieces` as the worker would send
+    them, the client leaving after `stop_after` chunks; what it sent, and its meter."""
+    async def run() -> tuple[bytes, Meter]:
+        async def body():
+            for piece in pieces:
+                yield piece
 
-    m = Meter()
-    out = []
-    relayed = _relay(httpx.Response(200, content=body()), include_usage, True, m)
-    async for chunk in relayed:
-        out.append(chunk)
-        if stop_after is not None and len(out) == stop_after:
-            await relayed.aclose()  # the client went away
-            break
-    return b"".join(out), m
+        m, out = Meter(), []
+        relayed = relay_of(httpx.Response(200, content=body()), m)
+        async for chunk in relayed:
+            out.append(chunk)
+            if stop_after is not None and len(out) == stop_after:
+                await relayed.aclose()  # the client went away
+                break
+        return b"".join(out), m
+
+    return asyncio.run(run())
+
+
+def pieces_of(stream: bytes, size: int | None) -> list[bytes]:
+    """`stream` as `size` bytes a read (default: an event a read)."""
+    if size is None:
+        return [e + b"\n\n" for e in events(stream)]
+    return [stream[i:i + size] for i in range(0, len(stream), size)]
 
 
 def relay(stream: bytes, include_usage: bool = False, size: int | None = None,
           stop_after: int | None = None) -> tuple[bytes, Meter]:
-    """Run the relay over `stream`, read `size` bytes at a time (default: an event a read)."""
-    if size is None:
-        pieces = [e + b"\n\n" for e in events(stream)]
-    else:
-        pieces = [stream[i:i + size] for i in range(0, len(stream), size)]
-    return asyncio.run(_relay_all(pieces, include_usage, stop_after))
+    """Run the chat relay over `stream`, read `size` bytes at a time."""
+    return run_relay(lambda response, m: _relay(response, include_usage, True, m),
+                     pieces_of(stream, size), stop_after)
 
 
 def test_every_chunk_carries_usage_the_relay_finds_by_its_bytes(stream: bytes):
@@ -321,24 +329,8 @@ def typed(event: bytes) -> tuple[str, dict[str, Any]]:
 
 def relay_responses(stream: bytes, size: int | None = None,
                     stop_after: int | None = None) -> tuple[bytes, Meter]:
-    pieces = ([e + b"\n\n" for e in events(stream)] if size is None
-              else [stream[i:i + size] for i in range(0, len(stream), size)])
-
-    async def run() -> tuple[bytes, Meter]:
-        async def body():
-            for piece in pieces:
-                yield piece
-
-        m, out = Meter(), []
-        relayed = _relay_response(httpx.Response(200, content=body()), True, m, INPUT_ESTIMATE)
-        async for chunk in relayed:
-            out.append(chunk)
-            if stop_after is not None and len(out) == stop_after:
-                await relayed.aclose()  # the client went away
-                break
-        return b"".join(out), m
-
-    return asyncio.run(run())
+    return run_relay(lambda response, m: _relay_response(response, True, m, INPUT_ESTIMATE),
+                     pieces_of(stream, size), stop_after)
 
 
 def test_responses_stream_events_are_as_the_relay_expects(response_stream: bytes):
