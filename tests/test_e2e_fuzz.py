@@ -107,10 +107,13 @@ SCHEMA_OPERATIONS = [
     ("POST", "/v1/videos/generations"), ("GET", "/v1/videos/{video_id}"),
     ("DELETE", "/v1/videos/{video_id}"), ("GET", "/v1/videos/generations/{video_id}"),
     ("GET", "/v1/videos/{video_id}/content"), ("POST", "/v1/videos/{video_id}/remix"),
-    ("POST", "/v1/audio/speech"), ("GET", "/v1/usage"),
+    ("POST", "/v1/audio/speech"), ("GET", "/v1/usage"), ("GET", "/v1/admin/reload"),
 ]
-ADMIN_ONLY = {"/v1/usage"}  # fuzzed with the admin key, so that its parameters are parsed
-NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions")}
+# fuzzed with the admin key, so that their parameters are parsed
+ADMIN_ONLY = {"/v1/usage", "/v1/admin/reload"}
+# Transcriptions take multipart bodies (tests/test_e2e_audio.py). A reload changes the stack the
+# other operations are fuzzed against; tests/test_reload.py and test_e2e_reload.py cover it.
+NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions"), ("POST", "/v1/admin/reload")}
 
 # The model each body-taking operation serves, put in place of the generated name in half the
 # cases so that they get past the model lookup and reach the checks behind it (and a worker).

@@ -345,7 +345,7 @@ def test_a_chat_replica_that_dies_ends_its_streams_cleanly_and_the_other_serves(
         assert error["type"] == "server_error" and error["message"], error
 
     wait_for(lambda: ready(pool)["replicas"][victim["name"]] == "down",
-             f"{victim['name']} marked down", 60)
+             f"{victim['name']} marked down", timeout_s=60)
     assert ready(pool)["workers"]["chat"] == "up"
     for seed in range(4):  # all to the survivor
         reply = client.chat.completions.create(model=CHAT_MODEL, max_tokens=2, messages=[
