@@ -210,53 +210,26 @@ def _t5_config(tokenizer: Any, d_model: int) -> dict[str, Any]:
     }
 
 
+FLUX_LATENT_CHANNELS = 16  # as FLUX.1; the transformer sees 2x2 patches of latents
+
+
 def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
     """Build a tiny random `FluxPipeline` (a few MB) and `save_pretrained` it into `out_dir`."""
+    from diffusers import FluxPipeline
+
+    _save(FluxPipeline(**flux_components(seed)), out_dir)
+
+
+def flux_components(seed: int = 0) -> dict[str, Any]:
+    """The parts of a tiny random FLUX.1 pipeline, by the names FLUX's pipelines take them:
+    FLUX's text-to-image pipeline and its image-conditioned siblings share them."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    latent_channels = 16  # as FLUX.1; the transformer sees 2x2 patches of latents
     clip_dim, t5_dim = 32, 32
-
     tokenizer = build_clip_tokenizer()
     tokenizer_2 = build_t5_tokenizer(model_max_length=512)
-
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * latent_channels,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=t5_dim,
-        pooled_projection_dim=clip_dim,
-        guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
-    )
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),  # 4 blocks -> 8x downsampling, like FLUX.1
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        sample_size=128,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
 
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -286,17 +259,51 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+    return {"scheduler": scheduler, "vae": _flux_vae(seed),
+            "transformer": _flux_transformer(seed, clip_dim, t5_dim),
+            "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2}
 
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
+
+def _flux_transformer(seed: int, clip_dim: int, t5_dim: int) -> Any:
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * FLUX_LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_dim,
+        pooled_projection_dim=clip_dim,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
-    _save(pipe, out_dir)
+
+
+def _flux_vae(seed: int) -> Any:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),  # 4 blocks -> 8x downsampling, like FLUX.1
+        layers_per_block=1,
+        latent_channels=FLUX_LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=128,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
 
 
 def build_tiny_wan(out_dir: Path, seed: int = 0) -> None:
