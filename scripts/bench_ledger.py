@@ -1,6 +1,6 @@
 """How fast the usage ledger's writer stores rows (SQLite, and a throwaway local PostgreSQL),
 and how much memory a row buffered during a database outage takes: the numbers behind
-`router.ledger.max_buffered` in the README.
+`router.ledger.max_buffered` in docs/operations.md.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_ledger.py [--rows 50000]
 """

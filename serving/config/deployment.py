@@ -19,7 +19,10 @@ from serving.config.engines import DiffusersArgs, TtsArgs, VllmArgs, WhisperArgs
 class Limits(Strict):
     """Per-key rate limits, each a token bucket refilled over a minute (unset: unlimited)."""
 
-    requests_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(
+        description="Requests a key may start per minute (a token bucket refilled over the "
+        "minute); unset: no request limit.",
+        default=None, ge=1)
     tokens_per_minute: int | None = Field(
         default=None, ge=1,
         description="Prompt plus max_tokens, reserved on admission and settled against the "
@@ -30,8 +33,14 @@ class ApiKey(Strict):
     """A key as stored in config: never in clear. Either its SHA-256, or the name of an
     environment variable that holds the key itself (for secrets managers)."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(
+        description="The key's name, unique: it labels usage rows, metrics and logs in place "
+        "of the key.",
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    sha256: str | None = Field(
+        description="Hex SHA-256 of the key (as `serving keys create` prints it); set this or "
+        "`env`.",
+        default=None, pattern=r"^[0-9a-f]{64}$")
     env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                             description="Environment variable holding the key.")
     models: list[str] | None = Field(
@@ -53,14 +62,27 @@ class ApiKey(Strict):
 
 
 class Timeouts(Strict):
-    connect_s: float = Field(default=5.0, gt=0)
+    connect_s: float = Field(
+        description="Time to open a connection to a worker; past it the request goes to "
+        "another replica or fails with 503.",
+        default=5.0, gt=0)
     # Time allowed between two bytes from a worker (a whole non-streamed answer, or the gap
     # between two streamed chunks) before the client gets a 504.
-    chat_s: float = Field(default=600.0, gt=0)
+    chat_s: float = Field(
+        description="Time allowed between two bytes from a chat worker (a whole non-streamed "
+        "answer, or the gap between two streamed chunks) before the client gets a "
+        "504.",
+        default=600.0, gt=0)
     # A whole image request; past it the client gets a 504 and the worker stops at its next
     # denoising step.
-    image_s: float = Field(default=300.0, gt=0)
-    audio_s: float = Field(default=300.0, gt=0)
+    image_s: float = Field(
+        description="A whole image request; past it the client gets a 504 and the worker "
+        "stops at its next denoising step.",
+        default=300.0, gt=0)
+    audio_s: float = Field(
+        description="A whole speech or transcription request before the client gets a 504; "
+        "raise it for long files on slow hardware.",
+        default=300.0, gt=0)
 
 
 class VideoJobs(Strict):
@@ -72,7 +94,10 @@ class VideoJobs(Strict):
     """
 
     retention_s: int = Field(default=86400, ge=60, description="Downloadable this long.")
-    max_queued_per_key: int = Field(default=8, ge=1)
+    max_queued_per_key: int = Field(
+        description="Video jobs one key may have queued or rendering; past it a new job is a "
+        "429.",
+        default=8, ge=1)
     max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
     lease_s: float = Field(
         default=30.0, gt=0,
@@ -117,7 +142,10 @@ class ImageInputs(Strict):
     fetches a client's URL. Fetching is a server-side request: by default only public addresses
     are reached, every redirect is checked again, and size and time are bounded."""
 
-    max_images_per_request: int = Field(default=8, ge=0)
+    max_images_per_request: int = Field(
+        description="Images one chat request may carry; more is a 400. 0 turns image inputs "
+        "off.",
+        default=8, ge=0)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
                                  description="Largest image, encoded, from a data URL or a fetch.")
     max_pixels: int = Field(default=40_000_000, ge=1,
@@ -125,7 +153,10 @@ class ImageInputs(Strict):
                             "that decodes to a huge bitmap is refused before it is decoded.")
     fetch_timeout_s: float = Field(default=10.0, gt=0,
                                    description="A whole fetch, redirects included.")
-    max_redirects: int = Field(default=3, ge=0)
+    max_redirects: int = Field(
+        description="HTTP redirects followed when fetching an image URL, each checked against "
+        "the address guard again.",
+        default=3, ge=0)
     allow_networks: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="Networks that URLs may reach although they are not public (private, "
@@ -134,21 +165,40 @@ class ImageInputs(Strict):
 
 
 class RouterConfig(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: list[ApiKey] = Field(default_factory=list)
-    generated_key_file: Path = Path("~/.config/serving/api_key")
+    host: str = Field(
+        description="Address the router listens on; `0.0.0.0` to serve other machines (behind "
+        "TLS or a load balancer).",
+        default="127.0.0.1")
+    port: int = Field(
+        description="Port the router listens on for the OpenAI API.",
+        default=8000, ge=0, le=65535)
+    api_keys: list[ApiKey] = Field(
+        description="Keys that may call the API, stored as SHA-256 hashes (`serving keys "
+        "create` prints an entry); with none here or in SERVING_API_KEYS, "
+        "`serving up` generates one.",
+        default_factory=list)
+    generated_key_file: Path = Field(
+        description="Where `serving up` writes the key it generates when none is configured "
+        "(mode 0600).",
+        default=Path("~/.config/serving/api_key"))
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser. Empty: no CORS headers at "
         "all, since this is a server-to-server API.",
     )
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    max_connections_per_worker: int = Field(default=1024, ge=1)
+    timeouts: Timeouts = Field(
+        description="How long the router waits on workers before answering 504.",
+        default_factory=Timeouts)
+    max_connections_per_worker: int = Field(
+        description="Open HTTP connections from one router process to one worker replica; "
+        "raise it only when more requests than this are in flight to one replica.",
+        default=1024, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024,
                                 description="Largest request body (transcription uploads have "
                                 "their own limit, from the model's catalog entry).")
-    videos: VideoJobs = Field(default_factory=VideoJobs)
+    videos: VideoJobs = Field(
+        description="The video job queue: retention, per-key queue cap, retries and leases.",
+        default_factory=VideoJobs)
     images: ImageInputs = Field(default_factory=ImageInputs,
                                 description="Image inputs of chat requests (vision models).")
     default_limits: Limits = Field(
@@ -167,7 +217,10 @@ class RouterConfig(Strict):
     usage_db: Path | None = Field(
         default=None, description="With `database` unset: the ledger's SQLite file, relative "
         "to state_dir (default usage.db).")
-    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    ledger: LedgerConfig = Field(
+        description="The usage ledger's writer: flush interval, buffer bound during an "
+        "outage, retention.",
+        default_factory=LedgerConfig)
     artifacts: str | None = Field(
         default=None, pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file://.+)$",
         description="Where rendered videos are stored: `s3://BUCKET/PREFIX` (any S3-compatible "
@@ -189,7 +242,9 @@ class RouterConfig(Strict):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0,
         description="On SIGTERM, requests in flight get this long to finish.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        description="Router log verbosity; `debug` logs every request's routing (never keys).",
+        default="info")
 
 
 class Routing(Strict):
@@ -231,8 +286,14 @@ class WorkerConfig(Strict):
         description="Internal port; if unset, a fresh free one on each start and restart."
     )
     gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
-    env: dict[str, str] = Field(default_factory=dict)
-    startup_timeout_s: float = Field(default=900.0, gt=0)
+    env: dict[str, str] = Field(
+        description="Extra environment variables for the worker's processes (e.g. "
+        "VLLM_CPU_OMP_THREADS_BIND); they override the launcher's.",
+        default_factory=dict)
+    startup_timeout_s: float = Field(
+        description="How long a worker may take to become healthy before `serving up` gives "
+        "up; raise it for big models on slow disks.",
+        default=900.0, gt=0)
     max_in_flight: int = Field(
         default=256, ge=1,
         description="Requests in flight to this worker's model; past it the router answers "
@@ -261,8 +322,13 @@ class WorkerConfig(Strict):
         "ones serve. auto: blue_green, unless a CUDA config's memory plan cannot hold both.")
 
     # Filled in by the loader from the catalog.
-    entry: ModelEntry | None = Field(default=None, exclude=True)
-    args: VllmArgs | DiffusersArgs | WhisperArgs | TtsArgs | None = Field(default=None,
+    entry: ModelEntry | None = Field(
+        description="Filled in by the loader from the catalog; not set in a config.",
+        default=None, exclude=True)
+    args: VllmArgs | DiffusersArgs | WhisperArgs | TtsArgs | None = Field(
+        description="Filled in by the loader (catalog engine_defaults and this worker's "
+        "engine_args); not set in a config.",
+        default=None,
                                                                           exclude=True)
 
     @model_validator(mode="after")
@@ -304,8 +370,13 @@ class GpuSpec(Strict):
 
 
 class Config(Strict):
-    device: Literal["cpu", "cuda"] = "cpu"
-    gpu: GpuSpec = Field(default_factory=GpuSpec)
+    device: Literal["cpu", "cuda"] = Field(
+        description="Where the workers run: `cpu` (vLLM's CPU build, the embedded default) or "
+        "`cuda` (GPU configs; turns on the GPU memory plan and the driver check).",
+        default="cpu")
+    gpu: GpuSpec = Field(
+        description="The node's GPUs, for the memory plan of a `cuda` config.",
+        default_factory=GpuSpec)
     cache_dir: Path = Field(
         default=Path("~/.cache/serving"),
         description="Prepared model folders live here; SERVING_CACHE_DIR overrides it.",
@@ -318,8 +389,14 @@ class Config(Strict):
     catalog_dir: Path = Field(
         default=Path("../models"), description="Relative to the config file that sets it."
     )
-    router: RouterConfig = Field(default_factory=RouterConfig)
-    workers: dict[str, WorkerConfig] = Field(min_length=1)
+    router: RouterConfig = Field(
+        description="The public HTTP router: listening address, keys, limits, stores, "
+        "timeouts.",
+        default_factory=RouterConfig)
+    workers: dict[str, WorkerConfig] = Field(
+        description="The workers to run, by name (chat, images, ...): each one catalog model, "
+        "where and how it runs. At least one.",
+        min_length=1)
 
     def models(self) -> list[ModelEntry]:
         return [w.entry for w in self.workers.values() if w.entry is not None]

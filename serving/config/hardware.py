@@ -4,7 +4,7 @@ On CPU the right dtype depends on the CPU, not on the model: bf16 halves memory 
 only CPUs with native bf16 math (AVX512-BF16 or AMX) compute it; on an AVX2-only CPU vLLM and
 PyTorch emulate it (vLLM logs "Failed to create oneDNN linear, fallback to torch linear"), and
 float32 serves several times more tokens. Measured on a 2-core AVX2 machine with SmolLM2-135M
-(README, Performance): bf16 13.8 tok/s at 1 stream and 23.5 at 16, float32 18.9 and 86.9.
+(docs/benchmarks.md): bf16 13.8 tok/s at 1 stream and 23.5 at 16, float32 18.9 and 86.9.
 
 So a config says `dtype: auto` (the default) and the launcher resolves it here, per machine;
 an explicit dtype in a config always wins.
@@ -57,7 +57,7 @@ def resolve_dtype(dtype: str, device: str, *, cuda_auto: str = AUTO,
 
 # vLLM's CPU backend binds its engine's OpenMP threads to all cores but one, which it keeps
 # for its API server and scheduler. On a 2-core machine that halves the compute: measured with
-# SmolLM2-135M (README, Performance), using both cores served 1.45x the tokens at 16 streams
+# SmolLM2-135M (docs/benchmarks.md), using both cores served 1.45x the tokens at 16 streams
 # in float32 and 1.06x in bf16, with a lower TTFT. Above that size vLLM's split stands.
 SMALL_CPU_CORES = 2
 
