@@ -16,6 +16,7 @@ Building is deterministic: the same seed gives byte-identical safetensors files.
 
 CLI (the project runs builds in a short-lived child process):
     python -m serving.weights.tiny flux OUT_DIR [--seed N]
+    python -m serving.weights.tiny flux-kontext OUT_DIR [--seed N]
     python -m serving.weights.tiny wan OUT_DIR [--seed N]
 """
 
@@ -210,25 +211,15 @@ def _t5_config(tokenizer: Any, d_model: int) -> dict[str, Any]:
     }
 
 
-def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
-    """Build a tiny random `FluxPipeline` (a few MB) and `save_pretrained` it into `out_dir`."""
+def _tiny_flux_transformer(seed: int, latent_channels: int, text_dims: tuple[int, int],
+                           guidance_embeds: bool):
+    """One double and one single block; FLUX.1's patching (2x2 latent patches as channels)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FluxTransformer2DModel
 
-    latent_channels = 16  # as FLUX.1; the transformer sees 2x2 patches of latents
-    clip_dim, t5_dim = 32, 32
-
-    tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_t5_tokenizer(model_max_length=512)
-
+    clip_dim, t5_dim = text_dims
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * latent_channels,
         num_layers=1,
@@ -237,12 +228,18 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         num_attention_heads=2,
         joint_attention_dim=t5_dim,
         pooled_projection_dim=clip_dim,
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
 
+
+def _tiny_flux_vae(seed: int, latent_channels: int):
+    """A four-block AutoencoderKL: 8x downsampling and FLUX.1's latent scaling."""
+    import torch
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -258,6 +255,14 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         scaling_factor=0.3611,
     )
 
+
+def _tiny_flux_text_encoders(seed: int, clip_dim: int, t5_dim: int) -> dict[str, Any]:
+    """CLIP-L and T5-XXL stand-ins with their tokenizers, keyed as FLUX pipelines name them."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer(model_max_length=512)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -273,10 +278,26 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     ))
-
     torch.manual_seed(seed)
     text_encoder_2 = T5EncoderModel(T5Config(**_t5_config(tokenizer_2, t5_dim)))
+    return {"text_encoder": text_encoder, "tokenizer": tokenizer,
+            "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2}
 
+
+def _tiny_flux_components(seed: int, guidance_embeds: bool) -> dict[str, Any]:
+    """Every component a FLUX.1 pipeline (text-to-image or Kontext) is built from.
+
+    The order of construction and seeding is fixed, so a seed gives the same weights whichever
+    pipeline the components end up in.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    latent_channels = 16  # as FLUX.1; the transformer sees 2x2 patches of latents
+    clip_dim, t5_dim = 32, 32
+    text = _tiny_flux_text_encoders(seed, clip_dim, t5_dim)
+    transformer = _tiny_flux_transformer(seed, latent_channels, (clip_dim, t5_dim),
+                                         guidance_embeds)
+    vae = _tiny_flux_vae(seed, latent_channels)
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler config
         num_train_timesteps=1000,
         shift=3.0,
@@ -286,16 +307,27 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+    return {**text, "transformer": transformer, "vae": vae, "scheduler": scheduler}
 
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
+
+def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
+    """Build a tiny random `FluxPipeline` (a few MB) and `save_pretrained` it into `out_dir`."""
+    from diffusers import FluxPipeline
+
+    _save(FluxPipeline(**_tiny_flux_components(seed, guidance_embeds=False)), out_dir)
+
+
+def build_tiny_flux_kontext(out_dir: Path, seed: int = 0) -> None:
+    """Build a tiny random `FluxKontextPipeline` (image editing) into `out_dir`.
+
+    The same components as the tiny FLUX, with a guidance embedding as FLUX.1-Kontext-dev has
+    (guidance-distilled); the pipeline encodes the input image with the VAE and appends its
+    latent tokens to the ones being denoised, so the input really shapes the output.
+    """
+    from diffusers import FluxKontextPipeline
+
+    components = _tiny_flux_components(seed, guidance_embeds=True)
+    pipe = FluxKontextPipeline(**components, image_encoder=None, feature_extractor=None)
     _save(pipe, out_dir)
 
 
@@ -358,11 +390,12 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> None:
     _save(pipe, out_dir)
 
 
-BUILDERS = {"flux": build_tiny_flux, "wan": build_tiny_wan}
+BUILDERS = {"flux": build_tiny_flux, "flux-kontext": build_tiny_flux_kontext,
+            "wan": build_tiny_wan}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m serving.weights.tiny {flux,wan} OUT_DIR [--seed N]`."""
+    """`python -m serving.weights.tiny {flux,flux-kontext,wan} OUT_DIR [--seed N]`."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.weights.tiny",
         description="Build a tiny random-weight diffusers pipeline (no downloads).",
