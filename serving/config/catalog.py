@@ -39,7 +39,9 @@ ENGINE_MODALITIES: dict[str, set[Modality]] = {
     "kokoro": {Modality.speech},
 }
 
-Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
+# `edits`: an image model whose pipeline takes input images (`/v1/images/edits`);
+# `inpainting`: it also takes a mask.
+Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching", "edits", "inpainting"]
 
 
 class HubSource(Strict):
@@ -88,7 +90,7 @@ class TinySource(Strict):
     """A tiny random-weight pipeline built locally from component configs (serving.weights.tiny):
     real diffusers code paths with no weights to download, for CPU runs and tests."""
 
-    tiny: Literal["flux", "wan"]
+    tiny: Literal["flux", "flux-kontext", "wan"]
     seed: int = 0
 
 

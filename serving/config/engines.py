@@ -48,7 +48,7 @@ class VllmArgs(Strict):
 class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
-    pipeline: Literal["FluxPipeline", "WanPipeline"]
+    pipeline: Literal["FluxPipeline", "FluxKontextPipeline", "WanPipeline"]
     # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
