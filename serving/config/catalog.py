@@ -111,18 +111,17 @@ Source = HubSource | PathSource | PackageSource | TinySource | AssembleSource
 SIZE_PATTERN = r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"
 
 
+_DEFAULT = "Value used when the request does not set one."
+_MIN = "Smallest value a request may set."
+_MAX = "Largest value a request may set."
+
+
 class FloatRange(Strict):
     """A client-settable number: its default and the bounds the API accepts."""
 
-    default: float = Field(
-        description="Value used when the request does not set one.",
-    )
-    min: float = Field(
-        description="Smallest value a request may set.",
-    )
-    max: float = Field(
-        description="Largest value a request may set.",
-    )
+    default: float = Field(description=_DEFAULT)
+    min: float = Field(description=_MIN)
+    max: float = Field(description=_MAX)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -132,15 +131,9 @@ class FloatRange(Strict):
 
 
 class IntRange(FloatRange):
-    default: int = Field(
-        description="Value used when the request does not set one.",
-    )
-    min: int = Field(
-        description="Smallest value a request may set.",
-    )
-    max: int = Field(
-        description="Largest value a request may set.",
-    )
+    default: int = Field(description=_DEFAULT)
+    min: int = Field(description=_MIN)
+    max: int = Field(description=_MAX)
 
 
 class _Generation(Strict):

@@ -66,15 +66,11 @@ class Timeouts(Strict):
         description="Time to open a connection to a worker; past it the request goes to "
         "another replica or fails with 503.",
         default=5.0, gt=0)
-    # Time allowed between two bytes from a worker (a whole non-streamed answer, or the gap
-    # between two streamed chunks) before the client gets a 504.
     chat_s: float = Field(
         description="Time allowed between two bytes from a chat worker (a whole non-streamed "
         "answer, or the gap between two streamed chunks) before the client gets a "
         "504.",
         default=600.0, gt=0)
-    # A whole image request; past it the client gets a 504 and the worker stops at its next
-    # denoising step.
     image_s: float = Field(
         description="A whole image request; past it the client gets a 504 and the worker "
         "stops at its next denoising step.",
