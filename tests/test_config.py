@@ -194,6 +194,26 @@ def test_bad_catalog_entry_names_its_file(tmp_path: Path):
     assert "broken.yaml: capabilities" in str(e.value)
 
 
+def test_sampling_defaults_are_checked_and_only_for_chat_models(tmp_path: Path):
+    """A default out of range, a misspelt one, or one on a media model fails at start with its
+    file and key."""
+    (tmp_path / "models").mkdir()
+    cfg = write(tmp_path, "c.yaml", "catalog_dir: models\nworkers: {chat: {model: m}}\n")
+    chat = "id: m\nmodality: chat\nengine: vllm\nsource: {hub: a/b}\n"
+    speech = ("id: m\nmodality: speech\nengine: hibari\nsource: {package: p}\n"
+              "speech: {voices: [a], default_voice: a}\n")
+    for entry, error in ((chat + "sampling_defaults: {temperature: 3}\n",
+                          "m.yaml: sampling_defaults.temperature"),
+                         (chat + "sampling_defaults: {temprature: 0.2}\n",
+                          "m.yaml: sampling_defaults.temprature"),
+                         (speech + "sampling_defaults: {temperature: 0.2}\n",
+                          "sampling_defaults are for chat (vllm) models only")):
+        write(tmp_path / "models", "m.yaml", entry)
+        with pytest.raises(ConfigError) as e:
+            load_config([cfg])
+        assert error in str(e.value)
+
+
 def test_tool_use_needs_a_parser(tmp_path: Path):
     (tmp_path / "models").mkdir()
     write(tmp_path / "models", "m.yaml",

@@ -53,6 +53,31 @@ def test_catalog_lists_capabilities(http):
     entry = next(m for m in catalog["data"] if m["id"] == CHAT_MODEL)
     assert entry["id"] == CHAT_MODEL and entry["modality"] == "chat"
     assert {"tool_use", "json_schema", "prefix_caching"} <= set(entry["capabilities"])
+    # The model card's generation settings, which vLLM applies to fields a request leaves unset.
+    assert entry["sampling_defaults"] == {"temperature": 0.2, "top_p": 0.9}
+
+
+def test_the_readme_snippet_gets_a_short_right_answer(client):
+    """README's first call sets no sampling fields: at the card's defaults SmolLM2 answers and
+    stops (at vLLM's neutral temperature 1.0 it rambled for 100 s into thousands of tokens)."""
+    r = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "What is 2 + 2?"}])
+    answer = r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop", answer
+    assert "4" in answer
+
+
+def test_a_clients_sampling_fields_win_over_the_models_defaults(client):
+    """The catalog's defaults fill only what a request leaves unset: temperature 0 is greedy
+    whatever the seed; temperature 2 with top_p 1 (far from the defaults 0.2 and 0.9) follows
+    the seed: the same seed gives the same text, other seeds other texts."""
+    def text(**kwargs) -> str:
+        return chat(client, max_tokens=24, **kwargs).choices[0].message.content
+
+    assert len({text(temperature=0, seed=seed) for seed in (1, 2, 3)}) == 1
+    hot = [text(temperature=2, top_p=1, seed=seed) for seed in (1, 2, 3)]
+    assert len(set(hot)) > 1, hot
+    assert text(temperature=2, top_p=1, seed=1) == hot[0]
 
 
 def test_plain_chat(client, http, openai_schema):

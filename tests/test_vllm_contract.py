@@ -13,10 +13,11 @@ import importlib.metadata
 import importlib.util
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from serving.config import VllmArgs, load_config
+from serving.config import VllmArgs, load_catalog, load_config
 from serving.config.hardware import resolve_dtype
 from serving.launcher.worker_set import worker_specs
 from serving.upstream import vllm_contract
@@ -82,7 +83,37 @@ def test_launch_command_parses_with_vllms_own_parser(config: Path):
         assert parsed.max_model_len == args.max_model_len
         assert parsed.max_num_seqs == args.max_num_seqs
         assert parsed.enforce_eager is args.enforce_eager
+        _check_sampling_defaults(parsed, entry)
         if cfg.device == "cuda":
             assert parsed.tensor_parallel_size == args.tensor_parallel_size
             if args.gpu_memory_utilization is not None:
                 assert parsed.gpu_memory_utilization == args.gpu_memory_utilization
+
+
+def _check_sampling_defaults(parsed, entry) -> None:
+    """The entry's sampling defaults are all vLLM uses: not a generation_config.json of its own,
+    and, read through vLLM's own ModelConfig.get_diff_sampling_param (what its chat, completions
+    and responses handlers take each unset field from), exactly the entry's values."""
+    from vllm.config import ModelConfig
+
+    assert parsed.generation_config == "vllm"
+    expected = entry.sampling_defaults.values() if entry.sampling_defaults else {}
+    assert parsed.override_generation_config == expected
+    model_config = SimpleNamespace(
+        generation_config=parsed.generation_config,
+        override_generation_config=parsed.override_generation_config,
+        try_get_generation_config=lambda: pytest.fail("read the model's generation_config"))
+    assert ModelConfig.get_diff_sampling_param(model_config) == expected
+
+
+def test_every_chat_model_carries_its_cards_sampling_defaults():
+    """Each vLLM catalog entry says what its card recommends; SmolLM2 (the CPU default) the
+    card's temperature 0.2 and top_p 0.9, at which it answers short questions briefly."""
+    catalog = load_catalog(ROOT / "models")
+    chat = [e for e in catalog.values() if e.engine == "vllm"]
+    assert chat
+    for entry in chat:
+        assert entry.sampling_defaults is not None, entry.id
+        assert entry.sampling_defaults.values(), entry.id
+    smollm2 = catalog["smollm2-135m-instruct"].sampling_defaults
+    assert smollm2 is not None and smollm2.values() == {"temperature": 0.2, "top_p": 0.9}

@@ -244,6 +244,37 @@ class GpuMemory(Strict):
         return sum(self.weights.values())
 
 
+class SamplingDefaults(Strict):
+    """The model's recommended generation settings, as its card or `generation_config.json`
+    gives them. They become vLLM's default sampling parameters for chat, completions and
+    responses: a request that sets a field itself always wins. Unset fields keep vLLM's neutral
+    defaults (temperature 1, top_p 1, no top_k...), at which small models ramble."""
+
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Default sampling temperature; lower is more "
+        "focused. 0 is greedy.")
+    top_p: float | None = Field(
+        default=None, gt=0, le=1, description="Default nucleus sampling: only the most likely "
+        "tokens whose probabilities add up to this are sampled.")
+    top_k: int | None = Field(
+        default=None, ge=-1, description="Default top-k: sample only among this many most "
+        "likely tokens (0 or -1: all).")
+    min_p: float | None = Field(
+        default=None, ge=0, le=1, description="Default min-p: drop tokens less likely than "
+        "this fraction of the most likely one.")
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, le=2, description="Default repetition penalty (1: none; above 1 "
+        "discourages repeating prompt and output tokens).")
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="Default presence penalty (OpenAI's meaning).")
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="Default frequency penalty (OpenAI's meaning).")
+
+    def values(self) -> dict[str, float | int]:
+        """The fields set, by vLLM's names (they are the same as `generation_config.json`'s)."""
+        return self.model_dump(exclude_none=True)
+
+
 class ModelEntry(Strict):
     id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
     aliases: list[str] = Field(
@@ -276,6 +307,10 @@ class ModelEntry(Strict):
         description="Engine arguments for this model (see the engine_args sections); a "
         "worker's `engine_args` override them.",
         default_factory=dict)
+    sampling_defaults: SamplingDefaults | None = Field(
+        default=None, description="The model's recommended generation settings (from its card "
+        "or generation_config.json): the defaults a request gets for the fields it does not "
+        "set. Chat models only; shown in /v1/catalog.")
     gpu_memory: GpuMemory | None = Field(
         default=None, description="Needed by the memory plan of any CUDA config that runs it.")
     image: ImageOptions | None = Field(
@@ -304,6 +339,8 @@ class ModelEntry(Strict):
                     f"`{modality.value}` options are required for, and only for, "
                     f"{modality.value} models"
                 )
+        if self.sampling_defaults is not None and self.engine != "vllm":
+            raise ValueError("sampling_defaults are for chat (vllm) models only")
         return self
 
     def names(self) -> list[str]:

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from serving.config import Config, VllmArgs, WorkerConfig
+from serving.config import Config, ModelEntry, VllmArgs, WorkerConfig
 from serving.config.hardware import (
     AUTO,
     describe_cpu,
@@ -25,6 +25,18 @@ from serving.upstream.vllm_contract import ENTRY_MODULE, ROUTER_FLAGS
 from serving.weights.prepare import chat_template_path
 
 log = logging.getLogger("serving.launcher")
+
+
+def sampling_flags(entry: ModelEntry) -> list[str]:
+    """vLLM's default sampling parameters: the catalog entry's `sampling_defaults` and nothing
+    else. `--generation-config vllm` keeps vLLM from reading a `generation_config.json` in the
+    model folder on its own (so /v1/catalog shows every default that applies); the override
+    sets the entry's values, which vLLM's chat, completions and responses handlers use for each
+    field a request leaves unset."""
+    flags = ["--generation-config", "vllm"]
+    if entry.sampling_defaults is not None and (values := entry.sampling_defaults.values()):
+        flags += ["--override-generation-config", json.dumps(values)]
+    return flags
 
 
 def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Path,
@@ -49,6 +61,7 @@ def vllm_worker(name: str, worker: WorkerConfig, config: Config, model_path: Pat
         json.dumps({"backend": args.structured_outputs_backend,
                     "disable_any_whitespace": args.disable_any_whitespace}),
     ]
+    argv += sampling_flags(entry)
     caching = args.enable_prefix_caching and "prefix_caching" in caps
     argv.append("--enable-prefix-caching" if caching else "--no-enable-prefix-caching")
     if "tool_use" in caps and args.tool_call_parser:

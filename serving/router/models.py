@@ -34,6 +34,8 @@ def _catalog_object(served: Served, created: int) -> dict[str, Any]:
     }
     if served.context_length:
         item["context_length"] = served.context_length
+    if entry.sampling_defaults is not None:
+        item["sampling_defaults"] = entry.sampling_defaults.values()
     if entry.image is not None:
         item |= {"sizes": entry.image.sizes, "default_size": entry.image.default_size,
                  "max_n": entry.image.max_n}
