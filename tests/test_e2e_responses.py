@@ -254,37 +254,6 @@ def test_agents_sdk_agent_with_a_function_tool(stack):
     assert row["cache_read_tokens"] == sum(u.input_tokens_details.cached_tokens for u in used)
 
 
-def test_agents_sdk_agent_with_no_model_settings_finishes(stack):
-    """An Agents SDK agent with a tool and no model settings at all runs to its final answer:
-    the model's own sampling defaults (from the catalog) keep it from rambling into
-    `max_output_tokens`, which the SDK raises as a ModelBehaviorError."""
-    from agents import Agent, OpenAIProvider, RunConfig, Runner, function_tool, set_tracing_disabled
-
-    set_tracing_disabled(True)
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """Get the current weather in a city."""
-        return f"It is sunny and 21 C in {city}."
-
-    client = openai.AsyncOpenAI(base_url=stack.v1, api_key=stack.key, max_retries=0,
-                                timeout=120)
-    config = RunConfig(model_provider=OpenAIProvider(openai_client=client))
-    agent = Agent(name="weather", instructions="Answer with the weather tool.",
-                  tools=[get_weather], model=CHAT_MODEL)
-
-    async def run():
-        try:
-            return await Runner.run(agent, "What is the weather in Paris?", max_turns=3,
-                                    run_config=config)
-        finally:
-            await client.close()
-
-    result = asyncio.run(run())
-    assert isinstance(result.final_output, str) and result.final_output.strip()
-    assert result.new_items[-1].type == "message_output_item"
-
-
 def test_a_client_that_leaves_aborts_the_generation_and_is_metered(stack, http):
     """A client that leaves frees vLLM: the request is aborted, not run to its 1500 tokens,
     for a plain request and for a stream, each seen running before the client leaves. The

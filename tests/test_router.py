@@ -16,6 +16,7 @@ from serving.router.app import create_app
 from serving.router.context import Meter
 from serving.router.keys import (
     KeyStore,
+    Principal,
     ensure_generated_key,
     hash_key,
     keys_from_env,
@@ -404,3 +405,45 @@ def test_a_key_over_its_limit_makes_the_router_fetch_nothing(tmp_path: Path):
         assert seen == ["/red.png"]
         assert ask().status_code == 429
         assert seen == ["/red.png"]  # refused before any fetch
+
+
+# --- vLLM's sampling extensions ---------------------------------------------------------------
+
+VLLM_EXTENSIONS = {"ignore_eos": True, "min_tokens": 4, "top_k": 20, "min_p": 0.05,
+                   "repetition_penalty": 1.0, "stop_token_ids": [2], "skip_special_tokens": True,
+                   "spaces_between_special_tokens": True, "include_stop_str_in_output": False}
+
+
+def test_vllms_sampling_extensions_reach_vllm_and_server_fields_are_refused(tmp_path: Path):
+    """What `vllm bench serve`, guidellm and aiperf send passes validation on chat and
+    completions and is in the body vLLM gets, as sent; what a tenant must not set is a 400
+    naming the field."""
+    from types import SimpleNamespace
+
+    from serving.protocol.chat import ChatCompletionRequest, CompletionRequest
+    from serving.router.text import chat, completions
+
+    client = router(tmp_path)
+    served = SimpleNamespace(entry=SimpleNamespace(id="smollm2-135m-instruct",
+                                                   capabilities={"json_schema"}))
+    key = Principal(name="k", sha256="0" * 64, limits=Limits())
+    for path, body, request, module in (
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]},
+             ChatCompletionRequest, chat),
+            ("/v1/completions", {"prompt": "hi", "logprobs": None}, CompletionRequest,
+             completions)):
+        sent = {"model": "smollm2-135m-instruct", **body, **VLLM_EXTENSIONS, "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        r = client.post(path, json=sent)
+        assert r.status_code == 503, r.text  # valid; the worker is not running
+        parsed = request.model_validate(sent)
+        assert parsed.continuous_usage
+        upstream = module.vllm_request(parsed, served, key)
+        assert {k: upstream[k] for k in VLLM_EXTENSIONS} == VLLM_EXTENSIONS
+        assert upstream["cache_salt"] == key.cache_salt
+        for field, value in (("priority", 1), ("cache_salt", "x"),
+                             ("kv_transfer_params", {}), ("vllm_xargs", {"a": 1}),
+                             ("top_k", -2), ("min_tokens", -1)):
+            r = client.post(path, json={"model": "smollm2-135m-instruct", **body, field: value})
+            assert r.status_code == 400, (field, r.text)
+            assert r.json()["error"]["param"] == field

@@ -25,6 +25,18 @@ def _unsupported(what: str):
     return AfterValidator(check)
 
 
+def _server_only(what: str):
+    """A field vLLM takes that a tenant must not set: it would change how the server treats
+    other tenants' requests (scheduling priority, whose prompt cache a request may read,
+    disaggregated-serving transfers)."""
+    def check(value: Any) -> Any:
+        if value is not None:
+            raise ValueError(f"{what} is set by the server; clients cannot set it.")
+        return value
+
+    return AfterValidator(check)
+
+
 class _Strict(BaseModel):
     # strict: JSON types as OpenAI takes them ("yes" is not a boolean, "3" not an integer).
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
@@ -33,10 +45,36 @@ class _Strict(BaseModel):
 class StreamOptions(_Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
+    # vLLM's extension: with include_usage, the running usage on every chunk.
+    continuous_usage_stats: bool | None = None
 
 
-class SamplingRequest(_Strict):
-    """Fields chat and legacy completions share, with OpenAI's ranges."""
+class VllmExtensions(_Strict):
+    """vLLM's documented sampling extensions that benchmark tools (`vllm bench serve`,
+    guidellm, aiperf) and vLLM's own clients send, accepted on chat and completions and passed
+    to vLLM as sent. The list is the one in docs/api.md; anything else of vLLM's is an unknown
+    parameter. What a tenant must not set is refused by name."""
+
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=64)] | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    # Server-side: refused by name (a 400 whose `param` is the field).
+    priority: Annotated[Any, _server_only("`priority` (scheduling priority)")] = None
+    cache_salt: Annotated[Any, _server_only("`cache_salt` (each key has its own prompt "
+                                            "cache)")] = None
+    kv_transfer_params: Annotated[Any, _server_only("`kv_transfer_params`")] = None
+    ec_transfer_params: Annotated[Any, _server_only("`ec_transfer_params`")] = None
+    vllm_xargs: Annotated[Any, _server_only("`vllm_xargs`")] = None
+
+
+class SamplingRequest(VllmExtensions):
+    """Fields chat and legacy completions share, with OpenAI's ranges, and vLLM's extensions."""
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -62,6 +100,11 @@ class SamplingRequest(_Strict):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """The client wants the running usage on every chunk (vLLM's extension)."""
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
 
 # --- chat -----------------------------------------------------------------------------------

@@ -65,4 +65,5 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     await call.admit(served, token_budget(estimate, served, upstream))
     # vLLM gets checked data URLs only: it never fetches a client's URL itself.
     await resolve_images(images, config.router.images)
-    return await relay(call, ctx.meter, served, PATH, upstream, body.include_usage)
+    return await relay(call, ctx.meter, served, PATH, upstream, body.include_usage,
+                       continuous=body.continuous_usage)

@@ -40,4 +40,4 @@ async def create_completion(body: CompletionRequest, request: Request, ctx: Ctx,
     upstream = vllm_request(body, served, ctx.key)
     tokens = token_budget(await input_estimate(request), served, upstream)
     return await relay(call, ctx.meter, served, PATH, upstream, body.include_usage,
-                       tokens=tokens)
+                       continuous=body.continuous_usage, tokens=tokens)

@@ -46,10 +46,11 @@ def clean(obj: Any) -> Any:
 
 
 async def relay(call: WorkerCall, m: Meter, served: Served, path: str, body: dict[str, Any],
-                include_usage: bool, *, tokens: int = 0) -> Response:
+                include_usage: bool, *, continuous: bool = False, tokens: int = 0) -> Response:
     """Call the vLLM worker with `body` (as the endpoint's `vllm_request` made it; admitted
     with `tokens` unless the route admitted it already) and answer. A stream's closing usage
-    event reaches the client only with `include_usage`, as the client asked."""
+    event reaches the client only with `include_usage`, and the running usage on each chunk
+    only with `continuous` (vLLM's `continuous_usage_stats`), as the client asked."""
     caching = "prefix_caching" in served.entry.capabilities
     if not body.get("stream"):
         # A client that leaves aborts the generation: closing the upstream connection makes
@@ -60,7 +61,7 @@ async def relay(call: WorkerCall, m: Meter, served: Served, path: str, body: dic
         return JSONResponse(data)
     response = await call(served, path, body, tokens=tokens, stream=True)
     return StreamingResponse(
-        _relay_stream(response, include_usage, caching, m),
+        _relay_stream(response, include_usage, caching, m, continuous=continuous),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -93,7 +94,8 @@ def _final_usage(event: bytes, include_usage: bool, caching: bool, m: Meter) -> 
 
 
 async def _relay_stream(
-    response: httpx.Response, include_usage: bool, caching: bool, m: Meter
+    response: httpx.Response, include_usage: bool, caching: bool, m: Meter, *,
+    continuous: bool = False,
 ) -> AsyncIterator[bytes]:
     last_usage = b""  # the latest running usage, kept as bytes, parsed only if the client leaves
     finished = False  # the closing usage event was metered
@@ -119,7 +121,7 @@ async def _relay_stream(
                     last_usage = event[span[0] + len(contract.USAGE_MARK) - 1 : span[1]]
                     if m.first_token_at is None and not contract.NO_TOKENS.search(last_usage):
                         m.first_token()
-                    out.append(event[: span[0]] + event[span[1] :])
+                    out.append(event if continuous else event[: span[0]] + event[span[1] :])
             if out:
                 yield b"\n\n".join(out) + b"\n\n"
         ended = True
