@@ -78,3 +78,24 @@ def test_timeouts_crash_restart_and_clean_shutdown(tmp_path: Path):
         return [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     wait_until(lambda: not left_behind(), "every process of the stack to end", timeout_s=30)
+
+
+def test_serving_up_prints_what_you_have_and_its_curl_line_works(stack):
+    """Once ready, `serving up` prints one screen: the URL, where the key is, each model with
+    its endpoints, and a curl line that, run as printed (with the key where it says), answers."""
+    import subprocess
+
+    log = stack.log_text()
+    screen = log[log.index("serving: ready\n"):].split("\n\n")[0]
+    lines = screen.splitlines()
+    assert f"  URL:      {stack.base_url}/v1" in lines
+    assert any(line.startswith("  API key") for line in lines)
+    assert any(line.split()[:2] == [CHAT_MODEL, "/v1/chat/completions"] for line in lines)
+    curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+    # This stack's keys are configured (SERVING_API_KEYS): the screen says to set
+    # SERVING_API_KEY to one of them.
+    done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SERVING_API_KEY": stack.key})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["model"] == CHAT_MODEL and answer["choices"][0]["message"]["content"]

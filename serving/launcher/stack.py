@@ -16,6 +16,7 @@ from pathlib import Path
 
 from serving.config import Config
 from serving.errors import OpenAIError
+from serving.launcher.banner import ready_message
 from serving.launcher.reload import StackReloader
 from serving.launcher.router_process import RouterRun, run_loop, serve_router
 from serving.launcher.running import Stack
@@ -77,7 +78,7 @@ async def run_stack(config: Config, model_paths: dict[str, Path], keys: list[Pri
 
         run = RouterRun(config, keys, host, port, config_files,
                         processes=config.router.processes, runtime_file=runtime_file,
-                        control=True)
+                        control=True, ready_message=ready_message(config))
         return await serve_router(run, stack.endpoints(), on_services=on_services,
                                   on_listening=on_listening)
     except asyncio.CancelledError:
