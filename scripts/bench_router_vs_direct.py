@@ -1,9 +1,10 @@
 """`vllm bench serve` (vLLM's own benchmark, random dataset) through the router and straight at
 the chat worker, side by side in one run: the router's cost as vLLM measures it.
 
-Starts the CPU stack (or takes `--url`/`--key`/`--worker`), then runs rounds alternating
-router and direct, each `--num-prompts` requests at `--concurrency`, and prints requests,
-failures, output tok/s and TTFT p50 per target and the router/direct output tok/s ratio.
+Starts the CPU stack's chat worker alone (or takes `--url`/`--key`/`--worker`), runs one
+uncounted warm-up round on each target, then rounds alternating router and direct (ABBA
+order), each `--num-prompts` requests at `--concurrency`, and prints requests, failures,
+output tok/s and TTFT p50 per target and the router/direct output tok/s ratio.
 
     python scripts/bench_router_vs_direct.py --num-prompts 64 --concurrency 16 --plot out.png
 """
@@ -57,17 +58,22 @@ def main() -> None:
     if args.url:
         router, key, worker = args.url, args.key, args.worker
     else:
-        from tests.support.harness import start_background_stack
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_chat import chat_only_stack
 
         work = Path(tempfile.mkdtemp(prefix="bench-rvd-"))
-        stack = start_background_stack([ROOT / "configs/cpu.yaml"], work)
-        router, key, worker = stack.base_url, stack.key, stack.worker_url("chat")
+        stack, chat = chat_only_stack([ROOT / "configs/cpu.yaml"], MODEL, work)
+        router, key, worker = stack.base_url, stack.key, stack.worker_url(chat)
     try:
         tokenizer = httpx.get(worker + "/v1/models").json()["data"][0]["root"]
         results: dict[str, list[dict]] = {"router": [], "direct": []}
         out = Path(tempfile.mkdtemp(prefix="bench-rvd-results-"))
+        targets = [("router", router, key), ("direct", worker, None)]
+        for target, url, k in targets:  # warm-up, not counted: the first load of each path
+            bench(url, k, tokenizer, args, out / f"warmup-{target}.json")
         for n in range(args.rounds):
-            for target, url, k in (("router", router, key), ("direct", worker, None)):
+            # ABBA order: neither target always runs first in a round.
+            for target, url, k in targets if n % 2 == 0 else targets[::-1]:
                 results[target].append(bench(url, k, tokenizer, args, out / f"{target}{n}.json"))
     finally:
         if stack is not None:
