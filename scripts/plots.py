@@ -66,13 +66,15 @@ class Lines:
     series: Mapping[str, Sequence[Point]]
     title: str = ""
     log_y: bool = False
-    #: series drawn dashed (e.g. the p99 beside a p50 of the same colour family)
+    #: series drawn dashed (e.g. a p99 beside its p50)
     dashed: Collection[str] = ()
+    #: a series' colour (e.g. a target's p50 and p99 alike); the others take the cycle's
+    colours: Mapping[str, str] = field(default_factory=dict)
 
     def draw(self, ax) -> None:
         for name, points in self.series.items():
             xs, ys = zip(*points, strict=True) if points else ((), ())
-            ax.plot(xs, ys, marker="o", label=name,
+            ax.plot(xs, ys, marker="o", label=name, color=self.colours.get(name),
                     linestyle="--" if name in self.dashed else "-")
         xs = sorted({x for points in self.series.values() for x, _ in points})
         if xs and all(float(x).is_integer() for x in xs):
@@ -178,7 +180,12 @@ def _finish(ax, title: str, y_label: str, log_y: bool, legend: bool) -> None:
     if title:
         ax.set_title(title, fontsize=9)
     if log_y:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda y, _: f"{y:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.grid(axis="y", alpha=0.3)
     if legend:
         ax.legend(fontsize=7)

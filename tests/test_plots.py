@@ -86,7 +86,43 @@ def test_the_ported_scripts_draw_their_tables(tmp_path):
         assert_png(tmp_path / name)
 
 
-@pytest.mark.parametrize("script", ["bench_first_hour", "bench_reload",
+def test_the_other_scripts_draw_their_tables(tmp_path):
+    import bench_audio
+    import bench_chat
+    import bench_ledger
+    import bench_router
+    import bench_videos
+
+    chat = []
+    for target in ("direct", "router"):
+        for concurrency in (1, 4):
+            r = bench_chat.Result(target, concurrency, seconds=10, requests=4,
+                                  output_tokens=400 * concurrency)
+            r.ttft, r.itl = [0.06, 0.07, 0.2], [0.04, 0.05]
+            chat.append(r)
+    bench_chat.figure(chat, tmp_path / "chat.png")
+    rows = []
+    for workload in bench_router.WORKLOADS:
+        for target in ("direct", "router"):
+            r = bench_router.Result("sqlite", 1, workload, 32, target, seconds=5, requests=900,
+                                    chunks=9000, latencies=[0.002, 0.003, 0.01])
+            rows.append(r)
+    bench_router.figure(rows, tmp_path / "router.png")
+    bench_audio.figure([
+        {"what": "transcription", "target": t, "concurrency": c, "req_per_s": 0.5 * c, "rtf": 0.2}
+        for t in ("router", "direct") for c in (1, 4)] + [
+        {"what": "speech (short, 44 chars)", "target": "router", "ttfb_s": 0.3, "rtf": 0.4,
+         "audio_s": 3.0}], tmp_path / "audio.png")
+    bench_videos.figure({"jobs": 2, "model": "wan-tiny", "video_s_per_wall_s": 0.05},
+                        [4.0, 7.5], tmp_path / "videos.png")
+    bench_ledger.figure({"SQLite": 40000.0, "PostgreSQL": 9000.0}, 700.0,
+                        tmp_path / "ledger.png")
+    for name in ("chat", "router", "audio", "videos", "ledger"):
+        assert_png(tmp_path / f"{name}.png")
+
+
+@pytest.mark.parametrize("script", ["bench_chat", "bench_router", "bench_audio", "bench_videos",
+                                    "bench_ledger", "bench_first_hour", "bench_reload",
                                     "bench_router_vs_direct"])
 def test_every_benchmark_takes_plot(script):
     """`--plot FILE` is in each script's usage; none imports matplotlib until it draws."""
