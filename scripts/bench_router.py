@@ -371,8 +371,8 @@ class Variant:
 
 
 def make_variant(name: str, workdir: Path) -> Variant:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from local_servers import start_postgres, start_redis
+    sys.path.insert(0, str(ROOT))
+    from tests.support.local_servers import start_postgres, start_redis
 
     if name == "sqlite":
         return Variant(name, {})
