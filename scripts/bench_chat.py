@@ -117,9 +117,14 @@ async def one_stream(client: httpx.AsyncClient, model: str, prompt: str | list, 
                 continue
             now = time.perf_counter()
             if '"usage":{' in line:
-                usage = json.loads(line[6:])["usage"]
-                continue
-            if '"content":"' not in line or '"content":""' in line:
+                # The worker puts running usage on every chunk (the router's launch flags;
+                # the router cuts it out): a content chunk may carry usage too.
+                event = json.loads(line[6:])
+                usage = event["usage"]
+                if not any((c.get("delta") or {}).get("content")
+                           for c in event.get("choices") or ()):
+                    continue
+            elif '"content":"' not in line or '"content":""' in line:
                 continue
             if last is None:
                 result.ttft.append(now - start)
