@@ -79,14 +79,15 @@ def figure(rows: list[dict], path: Path) -> None:
     transcription = {t: [(r["concurrency"], r["req_per_s"]) for r in rows
                          if r["what"] == "transcription" and r["target"] == t]
                      for t in ("router", "direct")}
-    speech = {r["what"].removeprefix("speech "): {"first byte (s)": r["ttfb_s"],
-                                                  "real-time factor": r["rtf"]}
-              for r in rows if r["what"].startswith("speech")}
+    speech = [r for r in rows if r["what"].startswith("speech")]
     save(path, "Audio: transcription and speech", [
         Lines("concurrent requests", "transcriptions/s", transcription,
               title="transcription, router against direct"),
-        Bars("seconds / ratio", speech, title="speech through the router"),
-    ])
+        Bars("ms", {r["what"].removeprefix("speech "): {"first byte": r["ttfb_s"] * 1e3}
+                    for r in speech}, title="speech: time to the first audio byte"),
+        Bars("processing time / audio length", {r["what"].removeprefix("speech "): {
+            "real-time factor": r["rtf"]} for r in speech}, title="speech: real-time factor"),
+    ], panel_size=(4.6, 3.6))
 
 
 def main() -> int:

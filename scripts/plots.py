@@ -80,6 +80,8 @@ class Lines:
         if xs and all(float(x).is_integer() for x in xs):
             ax.set_xticks(xs)
         ax.set_xlabel(self.x_label)
+        if not self.log_y:
+            ax.set_ylim(bottom=0)  # a rate's change read against zero, not magnified
         _finish(ax, self.title, self.y_label, self.log_y, legend=len(self.series) > 1)
 
 
@@ -192,4 +194,6 @@ def _finish(ax, title: str, y_label: str, log_y: bool, legend: bool) -> None:
 
 
 def _value_format(value: float) -> str:
-    return "{:.0f}" if abs(value) >= 100 else "{:.1f}" if abs(value) >= 1 else "{:.2f}"
+    if abs(value) >= 100:
+        return "{:.0f}"
+    return "{:.1f}" if abs(value) >= 1 else "{:.2f}" if abs(value) >= 0.1 else "{:.3f}"
