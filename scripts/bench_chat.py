@@ -117,9 +117,14 @@ async def one_stream(client: httpx.AsyncClient, model: str, prompt: str | list, 
                 continue
             now = time.perf_counter()
             if '"usage":{' in line:
-                usage = json.loads(line[6:])["usage"]
-                continue
-            if '"content":"' not in line or '"content":""' in line:
+                # The worker puts running usage on every chunk (the router's launch flags;
+                # the router cuts it out): a content chunk may carry usage too.
+                event = json.loads(line[6:])
+                usage = event["usage"]
+                if not any((c.get("delta") or {}).get("content")
+                           for c in event.get("choices") or ()):
+                    continue
+            elif '"content":"' not in line or '"content":""' in line:
                 continue
             if last is None:
                 result.ttft.append(now - start)
@@ -180,6 +185,31 @@ def plot(results: list[Result], width: int = 50) -> str:
     """Output tokens/s as a bar per target and concurrency: the table's story at a glance."""
     return bar_chart([(f"{r.target:>10} c={r.concurrency:<3}", r.tps) for r in results],
                      "tok/s", width)
+
+
+def figure(results: list[Result], path: Path) -> None:
+    """The PNG for `--plot`: output tokens/s, TTFT and ITL (p50 solid, p99 dashed) against
+    concurrency, a line per target (or variant)."""
+    from plots import Lines, save
+
+    targets = list(dict.fromkeys(r.target for r in results))
+    colours = {f"{t} p{q}": f"C{i}" for i, t in enumerate(targets) for q in (50, 99)}
+
+    def per(target: str, value) -> list[tuple[float, float]]:
+        return [(r.concurrency, value(r)) for r in results if r.target == target]
+
+    def percentiles(values: str) -> dict[str, list[tuple[float, float]]]:
+        return {f"{t} p{q}": per(t, lambda r, q=q: pct(getattr(r, values), q) * 1e3)
+                for t in targets for q in (50, 99)}
+
+    save(path, "Streaming chat: throughput and latency against concurrency", [
+        Lines("concurrent streams", "output tokens/s", {t: per(t, lambda r: r.tps)
+                                                        for t in targets}),
+        Lines("concurrent streams", "time to first token (ms)", percentiles("ttft"),
+              log_y=True, dashed={f"{t} p99" for t in targets}, colours=colours),
+        Lines("concurrent streams", "inter-token latency (ms)", percentiles("itl"),
+              log_y=True, dashed={f"{t} p99" for t in targets}, colours=colours),
+    ], panel_size=(4.8, 3.6))
 
 
 def chat_only_stack(configs: list[Path], model: str, workdir: Path):
@@ -275,6 +305,7 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--plot", type=Path, help="also write a PNG of the results here")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERLAY",
                    help="compare deployments: the stack from -c plus this overlay (repeatable)")
     p.add_argument("--image", help="send this picture with every prompt: a file, or WxH for "
@@ -291,6 +322,8 @@ def main() -> int:
     print(table(results))
     print()
     print(plot(results))
+    if args.plot:
+        figure(results, args.plot)
     if variants:
         print()
         base = variants[0][0]

@@ -96,26 +96,18 @@ def print_table(runs: list[Run]) -> None:
 
 
 def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
+    """Seconds per run, a group per kind of call; failed runs red."""
+    from plots import Bars, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from serving.config.hardware import describe_cpu
-
-    kinds = list(dict.fromkeys(r.what for r in runs))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for k, what in enumerate(kinds):
-        mine = [r for r in runs if r.what == what]
-        xs = [k + (i - (len(mine) - 1) / 2) * 0.2 for i in range(len(mine))]
-        ax.bar(xs, [r.seconds for r in mine], width=0.18,
-               color=["tab:green" if r.ok else "tab:red" for r in mine])
-    ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_ylabel("seconds per run (green: ok, red: failed)")
-    ax.set_title(f"First calls with no sampling settings ({MODEL})\n{describe_cpu()}",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    groups: dict[str, dict[str, float]] = {}
+    failed = []
+    for what in dict.fromkeys(r.what for r in runs):
+        for i, r in enumerate((r for r in runs if r.what == what), 1):
+            groups.setdefault(what, {})[f"run {i}"] = r.seconds
+            if not r.ok:
+                failed.append((what, f"run {i}"))
+    save(path, f"First calls with no sampling settings ({MODEL})",
+         [Bars("seconds per run", groups, marked=failed)], panel_size=(7, 3.5))
 
 
 def main() -> None:

@@ -63,20 +63,38 @@ def bytes_per_buffered_row(rows: int) -> float:
     return grown / rows
 
 
+def figure(rates: dict[str, float], buffered: float, path: Path) -> None:
+    """The PNG for `--plot`: rows/s written per database, bytes per buffered row."""
+    from plots import Bars, save
+
+    save(path, "Usage ledger: write rate and outage buffer", [
+        Bars("rows written per second", {db: {"rows/s": rate} for db, rate in rates.items()},
+             title="writer, rows/s"),
+        Bars("bytes", {"one buffered row": {"bytes": buffered}},
+             title="memory per row buffered during an outage"),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--plot", type=Path, help="also write a PNG of the results here")
     args = parser.parse_args()
+    rates = {}
     with tempfile.TemporaryDirectory() as tmp:
-        sqlite = write_rate(f"sqlite:///{Path(tmp) / 'usage.db'}", args.rows)
-        print(f"SQLite:     {sqlite:,.0f} rows/s written")
+        rates["SQLite"] = write_rate(f"sqlite:///{Path(tmp) / 'usage.db'}", args.rows)
+        print(f"SQLite:     {rates['SQLite']:,.0f} rows/s written")
         pg = local_servers.start_postgres(Path(tmp) / "pg")
         try:
-            print(f"PostgreSQL: {write_rate(pg.url, args.rows):,.0f} rows/s written "
+            rates["PostgreSQL (local, fsync off)"] = write_rate(pg.url, args.rows)
+            print(f"PostgreSQL: {rates['PostgreSQL (local, fsync off)']:,.0f} rows/s written "
                   "(local, fsync off)")
         finally:
             pg.stop("immediate")
-    print(f"buffered:   {bytes_per_buffered_row(100_000):,.0f} bytes a row in memory")
+    buffered = bytes_per_buffered_row(100_000)
+    print(f"buffered:   {buffered:,.0f} bytes a row in memory")
+    if args.plot:
+        figure(rates, buffered, args.plot)
 
 
 if __name__ == "__main__":

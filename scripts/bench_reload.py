@@ -156,30 +156,21 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
+    """Each request's latency against when it was sent, a panel per mode, with the reload
+    request and the moment the new worker serves marked."""
+    from plots import Timeline, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from serving.config.hardware import describe_cpu
-
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.2 * len(runs)), sharex=True)
-    for ax, run in zip([axes] if len(runs) == 1 else axes, runs, strict=True):
-        ok = [s for s in run.samples if s.status == 200]
-        refused = [s for s in run.samples if s.status != 200]
-        ax.scatter([s.sent for s in ok], [s.latency for s in ok], s=4, label="200")
-        ax.scatter([s.sent for s in refused], [s.latency for s in refused], s=8, c="red",
-                   label="503 model_reloading" if refused else None)
-        ax.axvline(run.asked, color="grey", linestyle="--", label="reload asked")
+    panels = []
+    for run in runs:
+        marks = {"reload asked": run.asked}
         if run.serving is not None:
-            ax.axvline(run.serving, color="green", linestyle=":", label="new worker serves")
-        ax.set_title(f"{run.mode}")
-        ax.set_ylabel("latency (s)")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Chat latency across a reload ({describe_cpu()})", fontsize=10)
-    fig.supxlabel("seconds since the load began")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            marks["new worker serves"] = run.serving
+        panels.append(Timeline(
+            "latency (s)", title=run.mode, x_label="seconds since the load began", marks=marks,
+            points={"200": [(s.sent, s.latency) for s in run.samples if s.status == 200],
+                    "503 model_reloading": [(s.sent, s.latency) for s in run.samples
+                                            if s.status != 200]}))
+    save(path, "Chat latency across a reload", panels, columns=1, panel_size=(9, 3.2))
 
 
 def main() -> int:

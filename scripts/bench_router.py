@@ -371,8 +371,8 @@ class Variant:
 
 
 def make_variant(name: str, workdir: Path) -> Variant:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from local_servers import start_postgres, start_redis
+    sys.path.insert(0, str(ROOT))
+    from tests.support.local_servers import start_postgres, start_redis
 
     if name == "sqlite":
         return Variant(name, {})
@@ -529,6 +529,27 @@ def plot(results: list[Result]) -> str:
     return "\n\n".join(charts)
 
 
+def figure(results: list[Result], path: Path) -> None:
+    """The PNG for `--plot`: per workload, the rate and the latency p50/p99 of each target
+    (direct, router, before) side by side, a group per variant, processes and concurrency."""
+    from plots import Bars, save
+
+    panels = []
+    for workload in dict.fromkeys(r.workload for r in results):
+        rows = [r for r in results if r.workload == workload]
+        rates: dict[str, dict[str, float]] = {}
+        latency: dict[str, dict[str, float]] = {}
+        for r in rows:
+            group = f"{r.variant} p={r.processes} c={r.concurrency}"
+            rates.setdefault(group, {})[r.target] = r.rate
+            for q in (50, 99):
+                latency.setdefault(group, {})[f"{r.target} p{q}"] = pct(r.latencies, q) * 1e3
+        panels += [Bars(rows[0].unit, rates, title=f"{workload}: {rows[0].unit}"),
+                   Bars("latency (ms)", latency, title=f"{workload}: latency p50 / p99",
+                        log_y=True)]
+    save(path, "The router against a synthetic upstream (direct)", panels, columns=2)
+
+
 # --- Profiling -----------------------------------------------------------------------------------
 
 def profile(router: Router, key: str, args: argparse.Namespace, out: Path) -> None:
@@ -597,6 +618,7 @@ def main() -> int:
                    help="also measure the router of another checkout (target `before`), "
                    "interleaved with this one: a change's effect in one run")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--plot", type=Path, help="also write a PNG of the results here")
     args = p.parse_args()
     args.workload = args.workload.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -649,6 +671,8 @@ def main() -> int:
     print(plot(results))
     print()
     print(summary(results))
+    if args.plot:
+        figure(results, args.plot)
     for note in notes:
         print(f"note: {note}")
     if args.json:

@@ -105,23 +105,14 @@ def table(results: dict[str, list[dict]], args) -> None:
 
 
 def plot(results: dict[str, list[dict]], args) -> None:
-    import matplotlib
+    """Output tokens/s of each round, router and direct side by side."""
+    from plots import Bars, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from serving.config.hardware import describe_cpu
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for i, (target, runs) in enumerate(results.items()):
-        ax.bar([i + (j - (len(runs) - 1) / 2) * 0.3 for j in range(len(runs))],
-               [r["output_throughput"] for r in runs], width=0.28, label=target)
-    ax.set_xticks(range(len(results)), list(results))
-    ax.set_ylabel("output tokens/s per round")
-    ax.set_title(f"vllm bench serve, router vs direct, concurrency {args.concurrency}\n"
-                 f"{describe_cpu()}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.plot, dpi=110)
+    groups = {f"round {n + 1}": {target: runs[n]["output_throughput"]
+                                 for target, runs in results.items()}
+              for n in range(args.rounds)}
+    save(args.plot, f"vllm bench serve, router vs direct, concurrency {args.concurrency}",
+         [Bars("output tokens/s per round", groups)], panel_size=(6, 3.5))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, f
 from tests.support.harness import start_background_stack
 
 
+def figure(result: dict, done_after: list[float], path: Path) -> None:
+    """The PNG for `--plot`: jobs completed against seconds since they were submitted."""
+    from plots import Lines, save
+
+    steps = [(0.0, 0)] + [(t, n) for n, t in enumerate(sorted(done_after), 1)]
+    save(path, f"Videos: {result['jobs']} jobs of {result['model']}, "
+         f"{result['video_s_per_wall_s']:.3f} s of video per second", [
+             Lines("seconds since submitting", "jobs completed", {"completed": steps})])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", action="append", type=Path, required=True)
@@ -32,6 +42,7 @@ def main() -> int:
     p.add_argument("--seconds", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path, help="also write a PNG of the results here")
     args = p.parse_args()
 
     from serving.config import load_config
@@ -86,6 +97,8 @@ def main() -> int:
           f"(first job done after {latencies[0]:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    if args.plot:
+        figure(result, latencies, args.plot)
     return 0
 
 

@@ -174,9 +174,10 @@ def test_metrics(stack, admin, client):
 
 
 def test_every_metric_the_grafana_dashboard_queries_exists(admin, client):
-    """deploy/grafana/serving.json queries only what /metrics exports (after some traffic)."""
-    dashboard = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "grafana"
-                            / "serving.json").read_text())
+    """The chart's Grafana dashboard (deploy/helm/serving/dashboards/serving.json) queries only
+    what /metrics exports (after some traffic)."""
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "helm" / "serving"
+                            / "dashboards" / "serving.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = {re.sub(r"_(bucket|total)$", "", m)
                for e in exprs for m in re.findall(r"\b(serving_\w+|vllm:\w+)", e)}

@@ -43,6 +43,11 @@ DEV_STORES: dict[str, Any] = {
     "artifacts": {"url": "", "credentialsSecret": "", "dev": {"enabled": True}},
 }
 
+# The Grafana dashboard as a ConfigMap for Grafana's sidecar, in a folder of its own.
+GRAFANA: dict[str, Any] = {"grafanaDashboard": {
+    "enabled": True, "annotations": {"grafana_folder": "Serving"}}}
+DASHBOARD = CHART / "dashboards" / "serving.json"
+
 Manifest = dict[str, Any]
 
 
@@ -129,7 +134,8 @@ def test_lints_strictly(values_file: str):
 @pytest.mark.parametrize("values_file, overrides", [
     *((f, None) for f in VALUES_FILES),
     ("values-fleet.yaml", DEV_STORES),
-], ids=[*VALUES_FILES, "fleet-dev-stores"])
+    ("values.yaml", GRAFANA),
+], ids=[*VALUES_FILES, "fleet-dev-stores", "grafana-dashboard"])
 def test_every_manifest_is_valid_kubernetes(values_file: str, overrides: dict | None):
     manifests = render(values_file, overrides)
     assert manifests
@@ -466,8 +472,11 @@ def test_the_redis_password_comes_from_a_secret_not_the_config_map():
     ({"config": {"router": {"rate_limits": "redis://x"}}}, "rate_limits"),
     ({"config": {"workers": {"chat": {"max_inflight": 4}}}}, "max_inflight"),
     ({"rateLimitStore": {"passwordSecret": {"secret": "serving-redis"}}}, "secret"),
+    ({"grafanaDashboard": {"enable": True}}, "enable"),
+    ({"grafanaDashboard": {"labelValue": 1}}, "labelValue"),
 ], ids=["negative-gpus", "cache-type", "unknown-key", "routing-policy", "worker-name",
-        "artifacts-url", "config-router-typo", "config-worker-typo", "redis-secret-typo"])
+        "artifacts-url", "config-router-typo", "config-worker-typo", "redis-secret-typo",
+        "grafana-typo", "grafana-label-not-a-string"])
 def test_a_bad_value_fails_the_schema(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):
         render("values-fleet.yaml", overrides)
@@ -555,3 +564,34 @@ def test_an_edit_rolls_only_the_worker_it_changes(values_file: str):
     for name in workers:
         changed = pod_template(edited, name) != pod_template(before, name)
         assert changed == (name == chat), name
+
+
+def dashboards(manifests: list[Manifest]) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == "ConfigMap"
+            and "grafana_dashboard" in m["metadata"]["labels"]]
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_the_grafana_dashboard_is_off_by_default(values_file: str):
+    assert dashboards(render(values_file)) == []
+
+
+def test_the_grafana_dashboard_ships_for_the_sidecar_as_it_is_in_the_chart():
+    """Enabled, one ConfigMap carries the sidecar's label and the dashboard file unchanged
+    (Helm leaves its Grafana `{{endpoint}}` legends alone), in the release's namespace."""
+    (configmap,) = dashboards(render("values-fleet.yaml", GRAFANA))
+    meta = configmap["metadata"]
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["labels"]["app.kubernetes.io/instance"] == "serving"
+    assert meta["namespace"] == NAMESPACE
+    assert meta["annotations"] == {"grafana_folder": "Serving"}
+    (name, text), = configmap["data"].items()
+    assert name == "serving.json"
+    assert json.loads(text) == json.loads(DASHBOARD.read_text())
+    assert "{{endpoint}}" in text
+    # The sidecar's own label and a namespace of its own, where a Grafana watches another one.
+    (moved,) = dashboards(render("values.yaml", {"grafanaDashboard": {
+        "enabled": True, "label": "grafana_dashboard", "labelValue": "serving",
+        "namespace": "monitoring"}}))
+    assert moved["metadata"]["labels"]["grafana_dashboard"] == "serving"
+    assert moved["metadata"]["namespace"] == "monitoring"

@@ -46,7 +46,8 @@ class HubSource(Strict):
     """Weights on the Hugging Face hub, downloaded once into the cache on GPU nodes."""
 
     hub: str = Field(
-        description="Hugging Face repository id, `owner/name`.",
+        description="Hugging Face repository id, `owner/name`, that `serving models prepare` "
+        "downloads into the cache.",
         pattern=r"^[\w.-]+/[\w.-]+$")
     revision: str | None = Field(
         default=None, description="A branch, tag or commit; `serving models prepare` logs the "
@@ -55,14 +56,17 @@ class HubSource(Strict):
         description="Files in the repository not downloaded (original checkpoints the engine "
         "does not read).",
         default_factory=lambda: ["original/*", "*.pth"])
-    gated: bool = Field(default=False, description="Needs an accepted licence and HF_TOKEN.")
+    gated: bool = Field(
+        default=False, description="The repository needs an accepted licence: `serving models "
+        "prepare` then asks for HF_TOKEN (of an account that accepted it) before downloading.")
 
 
 class PathSource(Strict):
     """A model folder already on disk; used in place."""
 
     path: Path = Field(
-        description="A local folder holding the prepared model.",
+        description="A local folder holding the prepared model, used in place (nothing is "
+        "copied); for weights you built or downloaded yourself.",
     )
 
 
@@ -99,7 +103,8 @@ class TinySource(Strict):
     real diffusers code paths with no weights to download, for CPU runs and tests."""
 
     tiny: Literal["flux", "wan"] = Field(
-        description="Which tiny random-weight pipeline to build.",
+        description="Which tiny random-weight pipeline to build: `flux` (images) or `wan` "
+        "(videos); for CPU runs and tests, never for real output.",
     )
     seed: int = Field(
         description="Seed of the tiny pipeline's random weights, so every build is the same.",
@@ -193,12 +198,15 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "no
 
 
 class SpeechOptions(Strict):
-    voices: list[str] = Field(min_length=1, description="The model's own voice names.")
+    voices: list[str] = Field(min_length=1, description="The model's own voice names, which "
+                              "a request's `voice` may name; /v1/catalog lists them.")
     default_voice: str = Field(
-        description="Voice used when a request's voice is not one of the model's.",
+        description="The model's default voice, one of `voices`: the worker warms up with it "
+        "and /v1/catalog shows it.",
     )
     openai_voices: dict[str, str] = Field(
-        default_factory=dict, description="OpenAI voice name -> one of `voices`.")
+        default_factory=dict, description="OpenAI voice name (`alloy`, `nova`, ...) -> one of "
+        "`voices`, so clients written for OpenAI work unchanged; other names are a 400.")
     max_input_chars: int = Field(
         description="Longest speech input accepted, in characters (OpenAI's limit is 4096); "
         "longer is a 400.",
@@ -216,7 +224,8 @@ class SpeechOptions(Strict):
 
 class TranscriptionOptions(Strict):
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
-        min_length=1, description="ISO-639-1 codes the model transcribes.")
+        min_length=1, description="ISO-639-1 codes the model transcribes; a request's "
+        "`language` outside them is a 400. List only what the model was trained on.")
     max_file_bytes: int = Field(
         description="Largest upload accepted for transcription; larger is a 413.",
         default=25 * 1000 * 1000, ge=1)
@@ -276,7 +285,8 @@ class SamplingDefaults(Strict):
 
 
 class ModelEntry(Strict):
-    id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id clients send as `model`.")
+    id: str = Field(pattern=PUBLIC_ID_PATTERN, description="Public id: what clients send as "
+                    "`model`, what /v1/models lists and what a worker's `model` names.")
     aliases: list[str] = Field(
         description="Other public names the model answers to (e.g. OpenAI's `tts-1`).",
         default_factory=list)
@@ -301,7 +311,7 @@ class ModelEntry(Strict):
         "`vision`, `prefix_caching`); requests using others are a 400.",
         default_factory=set)
     owned_by: str = Field(
-        description="The `owned_by` field of /v1/models.",
+        description="What /v1/models shows as the model's `owned_by`; informational only.",
         default="serving")
     engine_defaults: dict[str, Any] = Field(
         description="Engine arguments for this model (see the engine_args sections); a "

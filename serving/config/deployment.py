@@ -41,13 +41,19 @@ class ApiKey(Strict):
         description="Hex SHA-256 of the key (as `serving keys create` prints it); set this or "
         "`env`.",
         default=None, pattern=r"^[0-9a-f]{64}$")
-    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                            description="Environment variable holding the key.")
+    env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the key itself (e.g. from a Kubernetes "
+        "Secret); set this or `sha256`. The key stays out of config files.")
     models: list[str] | None = Field(
         default=None, description="Model ids or aliases this key may use; unset: all.")
-    limits: Limits | None = Field(default=None,
-                                  description="Unset: the router's default_limits.")
-    admin: bool = Field(default=False, description="May read /v1/usage and /metrics.")
+    limits: Limits | None = Field(
+        default=None, description="This key's own rate limits, replacing the router's "
+        "`default_limits` for it; set them for a tenant that needs more or less than the rest.")
+    admin: bool = Field(
+        default=False, description="An operator's key: may read /v1/usage and /metrics and "
+        "ask for a reload (/v1/admin/reload); other keys get a 403 there. Keep it off for "
+        "tenants.")
     cache_group: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$",
         description="Keys with the same cache_group share vLLM's prompt (prefix) cache, and "
@@ -89,12 +95,19 @@ class VideoJobs(Strict):
     replica that dies stops renewing, and once the lease runs out any replica takes the job.
     """
 
-    retention_s: int = Field(default=86400, ge=60, description="Downloadable this long.")
+    retention_s: int = Field(
+        default=86400, ge=60,
+        description="Seconds from a job's creation until it and its MP4 are deleted (404 "
+        "after); raise it when clients fetch their videos late, lower it to save storage.")
     max_queued_per_key: int = Field(
         description="Video jobs one key may have queued or rendering; past it a new job is a "
         "429.",
         default=8, ge=1)
-    max_attempts: int = Field(default=2, ge=1, description="Renders tried before failing.")
+    max_attempts: int = Field(
+        default=2, ge=1,
+        description="Renders tried when the video worker is down or dies mid-render before "
+        "the job fails with `worker_unavailable` (a render that fails on its own fails at "
+        "once); raise it where workers restart often.")
     lease_s: float = Field(
         default=30.0, gt=0,
         description="How long a replica's claim on a job lasts without renewal: the time a "
@@ -147,8 +160,10 @@ class ImageInputs(Strict):
     max_pixels: int = Field(default=40_000_000, ge=1,
                             description="Largest image, decoded (width x height): a small file "
                             "that decodes to a huge bitmap is refused before it is decoded.")
-    fetch_timeout_s: float = Field(default=10.0, gt=0,
-                                   description="A whole fetch, redirects included.")
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Time allowed to fetch an image URL, redirects included, before the "
+        "request is a 400; raise it for slow image stores.")
     max_redirects: int = Field(
         description="HTTP redirects followed when fetching an image URL, each checked against "
         "the address guard again.",
@@ -253,35 +268,49 @@ class Routing(Strict):
         description="cache_aware: to the replica holding the longest prefix of the prompt "
         "in its KV cache, unless the load is unbalanced.")
     engine: Literal["vllm-router", "smg"] = Field(
-        default="vllm-router", description="The chat pool's router binary.")
+        default="vllm-router",
+        description="Which cache-aware router runs in front of the chat pool: `vllm-router` "
+        "or `smg` (both installed); docs/benchmarks.md compares them.")
     cache_threshold: float = Field(
         default=0.5, ge=0, le=1,
         description="Least prefix match (share of the prompt) that routes by cache; below "
         "it the least loaded replica gets the request.")
     balance_abs_threshold: int = Field(
         default=32, ge=0,
-        description="The load is unbalanced when the busiest replica has this many more "
-        "requests than the idlest...")
+        description="The load is unbalanced (and cache_aware sends to the least loaded "
+        "replica) when the busiest replica has this many more requests than the idlest and "
+        "`balance_rel_threshold` times as many; lower it to favour balance over cache hits.")
     balance_rel_threshold: float = Field(
-        default=1.5, ge=1, description="...and this many times as many.")
+        default=1.5, ge=1,
+        description="With `balance_abs_threshold`: how many times the idlest replica's "
+        "requests the busiest must have for the load to count as unbalanced.")
     health_check_interval_s: float = Field(
         default=2.0, gt=0, description="A replica failing its health check leaves the pool "
         "until it passes again.")
     port: int | None = Field(default=None, ge=1, le=65535,
-                             description="The chat pool router's port; unset: a free one.")
+                             description="Port of the chat pool's router; unset: a free one "
+                             "on each start. Set it only when something else must reach it.")
 
 
 class WorkerConfig(Strict):
-    model: str = Field(description="A catalog id (models/*.yaml).")
-    enabled: bool = Field(default=True, description="An overlay can switch a worker off.")
+    model: str = Field(description="The model this worker serves: an `id` from the catalog "
+                       "(models/*.yaml).")
+    enabled: bool = Field(
+        default=True, description="`false` runs no process for this worker and drops its "
+        "models from the API; an overlay uses it to switch off a worker a base config runs.")
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides on the catalog entry's engine_defaults."
+        default_factory=dict, description="Engine settings for this deployment, over the "
+        "catalog entry's `engine_defaults` key by key (see the engine_args sections below), "
+        "e.g. `max_num_seqs` or `kv_cache_memory_bytes` for this machine."
     )
     port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Internal port; if unset, a fresh free one on each start and restart."
     )
-    gpus: list[int] | None = Field(default=None, description="Sets CUDA_VISIBLE_DEVICES.")
+    gpus: list[int] | None = Field(
+        default=None, description="GPU indices this worker may use (its CUDA_VISIBLE_DEVICES), "
+        "split among its replicas; unset: all of them. Set it to keep workers on a shared "
+        "node off each other's GPUs.")
     env: dict[str, str] = Field(
         description="Extra environment variables for the worker's processes (e.g. "
         "VLLM_CPU_OMP_THREADS_BIND); they override the launcher's.",
@@ -354,12 +383,16 @@ class GpuSpec(Strict):
     """The GPUs a CUDA config plans for (`serving config check` adds each worker's memory up
     against them). Unset memory is read from the device, where one is present."""
 
-    kind: str = Field(default="GPU", description="A name for messages, e.g. `H100 80GB`.")
-    count: int = Field(default=1, ge=1, description="GPUs 0..count-1 of the node.")
+    kind: str = Field(default="GPU", description="The GPU's name in the memory plan's "
+                      "messages, e.g. `H100 80GB`; nothing else reads it.")
+    count: int = Field(default=1, ge=1, description="GPUs on the node (indices 0..count-1) "
+                       "that the memory plan spreads workers over; workers' `gpus` must be "
+                       "among them.")
     memory_gib: float | None = Field(
         default=None, gt=0, description="Usable memory of each GPU, as the driver reports it.")
     memory_gib_per_gpu: dict[int, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict, description="GPU index -> GiB, where GPUs differ.")
+        default_factory=dict, description="GPU index -> usable GiB, for nodes whose GPUs "
+        "differ in memory; the others take `memory_gib`.")
     headroom_gib: float = Field(
         default=2.0, ge=0, description="Planned peaks must leave this much free on each GPU "
         "(allocator fragmentation, the odd larger request).")
@@ -383,7 +416,9 @@ class Config(Strict):
         "database` and `router.artifacts` put them elsewhere; SERVING_STATE_DIR overrides it.",
     )
     catalog_dir: Path = Field(
-        default=Path("../models"), description="Relative to the config file that sets it."
+        default=Path("../models"), description="The catalog folder (models/*.yaml), "
+        "relative to the config file that sets it; point it elsewhere to serve a catalog of "
+        "your own."
     )
     router: RouterConfig = Field(
         description="The public HTTP router: listening address, keys, limits, stores, "

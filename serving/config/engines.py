@@ -68,11 +68,14 @@ class VllmArgs(Strict):
         "for the `tool_use` capability.",
         default=None)
     tool_strict_level: Literal["auto", "function", "parameter"] | None = Field(
-        description="How strictly vLLM holds tool calls to their schemas; unset: vLLM's "
-        "default.",
+        description="How strictly vLLM holds tool calls to their schemas (its "
+        "`--tool-strict-level`); unset: vLLM's default. Try a stricter level when a model's "
+        "tool calls break their schemas.",
         default=None)
     structured_outputs_backend: Literal["auto", "xgrammar", "guidance", "outlines"] = Field(
-        description="vLLM's grammar engine for `response_format`.",
+        description="vLLM's grammar engine for `response_format` and strict tools "
+        "(`--structured-outputs-config.backend`); change it only when a schema fails on "
+        "xgrammar and works on another.",
         default="xgrammar")
     disable_any_whitespace: bool = Field(
         description="JSON output without free whitespace: fewer tokens and no runaway "
@@ -88,12 +91,14 @@ class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
     pipeline: Literal["FluxPipeline", "WanPipeline"] = Field(
-        description="The diffusers pipeline class.",
+        description="The diffusers pipeline class that loads the weights: `FluxPipeline` "
+        "for images, `WanPipeline` for videos; set by the catalog entry.",
     )
     # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        description="Pipeline dtype; `auto`: bf16 on CUDA, float32 on CPU.",
+        description="Pipeline dtype; `auto`: bf16 on CUDA; on CPU bf16 only with native "
+        "bf16 math (AVX512-BF16/AMX), else float32. Set it to compare dtypes or to force one.",
         default="auto")
     # Wan's VAE loses detail in bf16; diffusers' own examples keep it in float32.
     vae_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
@@ -106,9 +111,13 @@ class DiffusersArgs(Strict):
         "one component at a time, `sequential` one layer at a time (least memory, "
         "slowest).",
         default="none")
-    compile: bool = Field(default=False, description="torch.compile the repeated blocks")
+    compile: bool = Field(
+        default=False, description="torch.compile the transformer's repeated blocks: a slower "
+        "first request for faster denoising steps after; for GPU workers under steady load.")
     max_batch_size: int = Field(
-        default=4, ge=1, description="Images per pipeline call when requests are batched."
+        default=4, ge=1, description="Most images one pipeline call renders when requests "
+        "arriving together are batched; 1 turns batching off. Lower it when a batch's peak "
+        "memory does not fit."
     )
     # GPU memory: decode a batch one item at a time (same pixels, a quarter of the peak at 4),
     # or in tiles (less still, may show seams).
@@ -119,10 +128,12 @@ class DiffusersArgs(Strict):
         description="Decode each image in tiles: less peak memory for large sizes.",
         default=False)
     max_sequence_length: int | None = Field(
-        default=None, ge=1, description="T5 prompt tokens (FLUX.1-schnell was trained on 256).")
+        default=None, ge=1, description="Prompt tokens the T5 text encoder reads (longer "
+        "prompts are cut); unset: the pipeline's default. FLUX.1-schnell was trained on 256.")
     # CPU: a fixed thread count keeps outputs byte-identical for a seed across runs.
     threads: int | None = Field(
-        description="CPU threads for torch; unset: torch's default.",
+        description="CPU threads for torch; unset: torch's default. A fixed count keeps a "
+        "seed's output byte-identical across runs; lower it to leave cores to other workers.",
         default=None, ge=1)
 
 
@@ -132,8 +143,12 @@ class WhisperArgs(Strict):
     compute_type: str = Field(
         description="CTranslate2 compute type: int8 on CPU, float16 or int8_float16 on GPU.",
         default="int8", examples=["int8", "float16", "int8_float16"])
-    cpu_threads: int = Field(default=0, ge=0, description="0: CTranslate2's default.")
-    num_workers: int = Field(default=1, ge=1, description="Transcriptions run in parallel.")
+    cpu_threads: int = Field(
+        default=0, ge=0, description="CPU threads per transcription; 0: CTranslate2's default. "
+        "Lower it to leave cores to other workers on a shared machine.")
+    num_workers: int = Field(
+        default=1, ge=1, description="Transcriptions the model runs in parallel; raise it "
+        "(with the cores for `cpu_threads` each) when uploads arrive together.")
     beam_size: int = Field(
         description="Beam search width; 1 is greedy (faster, slightly less accurate).",
         default=5, ge=1)
@@ -150,14 +165,18 @@ class TtsArgs(Strict):
     """Text-to-speech engines (hibari, Kokoro) run on onnxruntime."""
 
     threads: int | None = Field(
-        description="onnxruntime threads; unset: onnxruntime's default.",
+        description="onnxruntime threads per synthesis; unset: onnxruntime's default. "
+        "Lower it to leave cores to other workers on a shared machine.",
         default=None, ge=1)
     providers: list[str] | None = Field(
         description="onnxruntime execution providers in order of preference; unset: CPU.",
         default=None, examples=[["CUDAExecutionProvider", "CPUExecutionProvider"]])
-    lang: str = Field(default="en-us", description="espeak language for Kokoro's phonemizer.")
-    max_chunk_chars: int = Field(default=400, ge=20,
-                                 description="Long input is synthesised in chunks this big.")
+    lang: str = Field(default="en-us", description="espeak language code Kokoro's phonemizer "
+                      "reads the input in (e.g. `en-gb`); set it to the language of the voices.")
+    max_chunk_chars: int = Field(
+        default=400, ge=20, description="Long input is synthesised and streamed in chunks of "
+        "at most this many characters, cut at sentence (or clause) ends: smaller chunks bring "
+        "the first audio sooner, larger ones fewer seams.")
 
 
 ENGINE_ARGS = {"vllm": VllmArgs, "diffusers": DiffusersArgs, "faster-whisper": WhisperArgs,
