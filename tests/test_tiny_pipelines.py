@@ -220,3 +220,17 @@ def test_kontext_edits_the_input_image(kontext_dir: Path, flux_dir: Path):
     assert first != edit(red, seed=2)
     pair = edit(red, n=2)
     assert pair[0] != pair[1]
+
+
+def test_the_image_engine_makes_the_size_asked_of_kontext(kontext_dir: Path):
+    """Kontext scales its output to `max_area` (1024x1024 by default); the engine pins it."""
+    from PIL import Image
+
+    from serving.protocol.images import ImageParams
+    from serving.workers.images.engine import ImageEngine
+
+    engine = ImageEngine(diffusers.FluxKontextPipeline.from_pretrained(kontext_dir))
+    job = engine.new_job(ImageParams(prompt="x", n=2, width=256, height=128, steps=1,
+                                     guidance=2.5, seed=0))
+    engine.generate([job])
+    assert [Image.open(io.BytesIO(png)).size for png in job.images] == [(256, 128)] * 2

@@ -39,7 +39,9 @@ ENGINE_MODALITIES: dict[str, set[Modality]] = {
     "kokoro": {Modality.speech},
 }
 
-Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
+# `edits`: an image model whose pipeline takes input images (`/v1/images/edits`);
+# `inpainting`: it also takes a mask.
+Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching", "edits", "inpainting"]
 
 
 class HubSource(Strict):
@@ -98,8 +100,9 @@ class TinySource(Strict):
     """A tiny random-weight pipeline built locally from component configs (serving.weights.tiny):
     real diffusers code paths with no weights to download, for CPU runs and tests."""
 
-    tiny: Literal["flux", "wan"] = Field(
-        description="Which tiny random-weight pipeline to build.",
+    tiny: Literal["flux", "flux-kontext", "wan"] = Field(
+        description="Which tiny random-weight pipeline to build (`flux-kontext`: the image "
+        "editor).",
     )
     seed: int = Field(
         description="Seed of the tiny pipeline's random weights, so every build is the same.",

@@ -87,8 +87,8 @@ class VllmArgs(Strict):
 class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
-    pipeline: Literal["FluxPipeline", "WanPipeline"] = Field(
-        description="The diffusers pipeline class.",
+    pipeline: Literal["FluxPipeline", "FluxKontextPipeline", "WanPipeline"] = Field(
+        description="The diffusers pipeline class (`FluxKontextPipeline` edits input images).",
     )
     # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware).

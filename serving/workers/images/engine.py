@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,9 @@ class ImageEngine:
             "max_sequence_length": max_sequence_length}
         # FLUX's main text encoder is T5 (tokenizer_2); CLIP only pools.
         self.tokenizer = getattr(pipe, "tokenizer_2", None) or getattr(pipe, "tokenizer", None)
+        # Kontext scales its output to `max_area` (default 1024x1024) and snaps the input to its
+        # preferred resolutions unless told otherwise: the size asked for is the size made.
+        self.pins_area = "max_area" in inspect.signature(pipe.__call__).parameters
 
     def new_job(self, params: ImageParams) -> ImageJob:
         return ImageJob(params, params.seed if params.seed is not None else random_seed())
@@ -61,6 +65,8 @@ class ImageEngine:
             output_type="pil",
             callback_on_step_end=step_callback(on_step),
             **self.extra,
+            **({"max_area": first.width * first.height, "_auto_resize": False}
+               if self.pins_area else {}),
         ).images
         it = iter(images)
         for job in jobs:
