@@ -234,3 +234,36 @@ def test_the_image_engine_makes_the_size_asked_of_kontext(kontext_dir: Path):
                                      guidance=2.5, seed=0))
     engine.generate([job])
     assert [Image.open(io.BytesIO(png)).size for png in job.images] == [(256, 128)] * 2
+
+
+def test_the_image_engine_edits_a_batch_of_inputs_in_one_call(kontext_dir: Path):
+    """Two edit requests with different inputs share one pipeline call; each output follows
+    its own input image (the same seed and prompt give different pictures), and a batch
+    repeats its bytes."""
+    from serving.protocol.images import ImageParams
+    from serving.workers.images.engine import ImageEngine
+
+    engine = ImageEngine(diffusers.FluxKontextPipeline.from_pretrained(kontext_dir))
+    calls = []
+    original = engine.pipe.__class__.__call__
+
+    def counted(pipe, *args, **kwargs):
+        calls.append(len(kwargs["image"]))
+        return original(pipe, *args, **kwargs)
+
+    def run() -> list[bytes]:
+        jobs = [engine.new_job(ImageParams(prompt="x", n=1, width=128, height=128, steps=1,
+                                           guidance=2.5, seed=5, image=_solid(rgb)))
+                for rgb in ((200, 30, 30), (30, 30, 200))]
+        assert jobs[0].params.batch_key() == jobs[1].params.batch_key()
+        engine.generate(jobs)
+        return [job.images[0] for job in jobs]
+
+    engine.pipe.__class__.__call__ = counted
+    try:
+        red, blue = run()
+        assert red != blue
+        assert run() == [red, blue]
+    finally:
+        engine.pipe.__class__.__call__ = original
+    assert calls == [2, 2]

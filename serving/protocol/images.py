@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,10 +57,14 @@ class ImageParams:
     steps: int
     guidance: float
     seed: int | None
+    # Edits: the input image, decoded to RGB in the worker (an editor's pipeline takes it).
+    image: Any = None
 
-    def batch_key(self) -> tuple[int, int, int, float]:
-        """Requests with the same key can share one pipeline call."""
-        return self.width, self.height, self.steps, self.guidance
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with the same key can share one pipeline call; an edit's input image is
+        resized to its own size first, so only edits with same-size inputs batch together."""
+        image_size = None if self.image is None else tuple(self.image.size)
+        return self.width, self.height, self.steps, self.guidance, image_size
 
 
 def parse_size(size: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Run one text-to-image pipeline call for a batch of requests."""
+"""Run one diffusers pipeline call (text-to-image, or edits of input images) for a batch."""
 
 from __future__ import annotations
 
@@ -45,11 +45,13 @@ class ImageEngine:
         and the n images of one request differ.
         """
         first = jobs[0].params
-        prompts, generators = [], []
+        prompts, generators, inputs = [], [], []
         for job in jobs:
             for i in range(job.params.n):
                 prompts.append(job.params.prompt)
                 generators.append(generator(job.seed + i))
+                inputs.append(job.params.image)
+        edit = {} if first.image is None else {"image": inputs}  # one input per output image
 
         def on_step(_: int) -> None:
             if all(job.cancelled for job in jobs):
@@ -65,6 +67,7 @@ class ImageEngine:
             output_type="pil",
             callback_on_step_end=step_callback(on_step),
             **self.extra,
+            **edit,
             **({"max_area": first.width * first.height, "_auto_resize": False}
                if self.pins_area else {}),
         ).images
