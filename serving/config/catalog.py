@@ -39,9 +39,9 @@ ENGINE_MODALITIES: dict[str, set[Modality]] = {
     "kokoro": {Modality.speech},
 }
 
-# `edits`: an image model whose pipeline takes input images (`/v1/images/edits`);
-# `inpainting`: it also takes a mask.
-Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching", "edits", "inpainting"]
+# `edits`: an image model whose pipeline takes an input image (`/v1/images/edits`). No
+# pipeline here takes a mask yet (inpainting), so a `mask` is always a 400.
+Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching", "edits"]
 
 
 class HubSource(Strict):
@@ -270,7 +270,8 @@ class ModelEntry(Strict):
     )
     capabilities: set[Capability] = Field(
         description="Features the router allows for this model (`tool_use`, `json_schema`, "
-        "`vision`, `prefix_caching`); requests using others are a 400.",
+        "`vision`, `prefix_caching`; `edits`: an image model that serves /v1/images/edits); "
+        "requests using others are a 400.",
         default_factory=set)
     owned_by: str = Field(
         description="The `owned_by` field of /v1/models.",

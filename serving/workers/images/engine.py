@@ -51,7 +51,10 @@ class ImageEngine:
                 prompts.append(job.params.prompt)
                 generators.append(generator(job.seed + i))
                 inputs.append(job.params.image)
-        edit = {} if first.image is None else {"image": inputs}  # one input per output image
+        # One input per output image, at the output's size: the pipeline then makes the size
+        # asked for, and edits of any input size batch together.
+        edit = {} if first.image is None else {
+            "image": [_fit(image, first.width, first.height) for image in inputs]}
 
         def on_step(_: int) -> None:
             if all(job.cancelled for job in jobs):
@@ -74,6 +77,13 @@ class ImageEngine:
         it = iter(images)
         for job in jobs:
             job.images = [_png(next(it)) for _ in range(job.params.n)]
+
+
+def _fit(image: Any, width: int, height: int) -> Any:
+    from PIL import Image
+
+    return image if image.size == (width, height) else image.resize(
+        (width, height), Image.Resampling.LANCZOS)
 
 
 def _png(image: Any) -> bytes:
