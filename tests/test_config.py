@@ -67,6 +67,19 @@ def test_the_h200_config_serves_a_vision_model_with_tools():
     assert vllm.kv_cache_memory_bytes == 8 * 2**30
 
 
+def test_the_h200_config_serves_an_editor_within_its_memory_plan():
+    """FLUX.1 Kontext, offloaded, beside everything else: the plan fits with the headroom."""
+    from serving.config.plan import check_plan, memory_plan
+
+    cfg = load_config([ROOT / "configs" / "gpu-h200.yaml"])
+    edits = cfg.workers["edits"]
+    assert "edits" in edits.entry.capabilities and edits.entry.source.gated
+    assert edits.args.pipeline == "FluxKontextPipeline" and edits.args.offload == "model"
+    (plan,) = memory_plan(cfg)
+    check_plan([plan])
+    assert plan.free >= cfg.gpu.headroom_gib
+
+
 def test_cpu_config_flags():
     cfg = load_config([ROOT / "configs" / "cpu.yaml"])
     spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
