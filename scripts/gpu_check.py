@@ -17,8 +17,13 @@ with what it measured; a JSON report goes to --out (default $OUT, else the curre
     # there, from the repo root (carry the wheels folder and .cache/gpu/whisper):
     pip install --no-index --find-links .cache/gpu/wheels-media .cache/gpu/wheels-media/*.whl
     python3 scripts/gpu_check.py media
+    python3 scripts/gpu_check.py kontext     # ~4 minutes; needs ~45 GiB of GPU memory
     pip install --no-index --no-deps .cache/gpu/wheels-ct2/*.whl
     python3 scripts/gpu_check.py ctranslate2 --whisper .cache/gpu/whisper
+
+`kontext` (scripts/gpu_kontext.py) builds FLUX.1 Kontext [dev] at full size with random weights
+and times an edit at 1024x1024, a batch, and the offloaded pipeline, each with its peak reserved
+memory beside the plan's figure; it needs only the media wheels.
 
 `media` runs: bf16 image pipeline, a batch of 4, a render cancelled at step 2 leaving the
 pipeline usable, the same seed twice giving identical bytes, peak memory; the Wan pipeline with
@@ -304,7 +309,7 @@ def tiny_whisper(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["media", "ctranslate2", "tiny-whisper"])
+    parser.add_argument("part", choices=["media", "kontext", "ctranslate2", "tiny-whisper"])
     parser.add_argument("path", nargs="?", type=Path, help="tiny-whisper: where to write it")
     parser.add_argument("--whisper", type=Path, help="a CTranslate2 Whisper folder")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
@@ -319,6 +324,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         if args.part == "media":
             media_checks(Path(tmp))
+        elif args.part == "kontext":
+            from scripts.gpu_kontext import kontext_checks
+
+            kontext_checks(check, DEVICE)
         else:
             ctranslate2_checks(args.whisper or ROOT / ".cache" / "gpu" / "whisper")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,19 @@ def test_the_h200_config_serves_a_vision_model_with_tools():
     assert vllm.kv_cache_memory_bytes == 8 * 2**30
 
 
+def test_the_h200_config_serves_an_editor_within_its_memory_plan():
+    """FLUX.1 Kontext, offloaded, beside everything else: the plan fits with the headroom."""
+    from serving.config.plan import check_plan, memory_plan
+
+    cfg = load_config([ROOT / "configs" / "gpu-h200.yaml"])
+    edits = cfg.workers["edits"]
+    assert "edits" in edits.entry.capabilities and edits.entry.source.gated
+    assert edits.args.pipeline == "FluxKontextPipeline" and edits.args.offload == "model"
+    (plan,) = memory_plan(cfg)
+    check_plan([plan])
+    assert plan.free >= cfg.gpu.headroom_gib
+
+
 def test_cpu_config_flags():
     cfg = load_config([ROOT / "configs" / "cpu.yaml"])
     spec, *_ = worker_specs(cfg, {name: Path("/models/x") for name in cfg.workers})
@@ -274,3 +287,22 @@ def test_disabled_workers_are_dropped(tmp_path: Path):
     overlay = write(tmp_path, "o.yaml", "workers: {chat: {enabled: false}}\n")
     cfg = load_config([ROOT / "configs" / "cpu.yaml", overlay])
     assert "chat" not in cfg.workers and "images" in cfg.workers
+
+
+def test_the_editors_in_the_catalog_and_the_cpu_default():
+    """FLUX.1 Kontext is an `edits` model on a GPU (gated, its non-commercial licence stated,
+    the single-file checkpoints skipped as FLUX's are); the CPU default serves the tiny one
+    beside, not instead of, its generator, which stays the default image model."""
+    catalog = load_catalog(ROOT / "models")
+    kontext = catalog["flux.1-kontext-dev"]
+    assert "edits" in kontext.capabilities
+    assert kontext.source.gated
+    assert "flux1-kontext-dev.safetensors" in kontext.source.ignore_patterns
+    assert "Non-Commercial" in (ROOT / "models" / "flux.1-kontext-dev.yaml").read_text()
+    assert kontext.gpu_memory.total_weights == catalog["flux.1-dev"].gpu_memory.total_weights
+    cfg = load_config([ROOT / "configs" / "cpu.yaml"])
+    images = [w.entry for w in cfg.workers.values()
+              if w.entry is not None and w.entry.modality.value == "image"]
+    assert [e.id for e in images] == ["flux-tiny", "flux-kontext-tiny"]
+    assert "edits" in images[1].capabilities and "edits" not in images[0].capabilities
+    assert images[1].source.tiny == "flux-kontext"

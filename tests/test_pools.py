@@ -274,7 +274,7 @@ workers:
 """)
     specs = specs_of(config)
     assert list(specs) == ["chat/0", "chat/1", "chat/router", "images/0", "images/1",
-                           "images/2", "speech", "transcription"]
+                           "images/2", "edits", "speech", "transcription"]
     chat0, chat1, router = specs["chat/0"], specs["chat/1"], specs["chat/router"]
     assert chat0.worker == chat1.worker == router.worker == "chat"
     # No fixed port: each gets a fresh one at its first start, and keeps it (the pool router

@@ -38,6 +38,7 @@ router:
 workers:
   chat: {{endpoints: ["http://127.0.0.1:9"]}}
   images: {{enabled: false}}
+  edits: {{enabled: false}}
   videos: {{enabled: false}}
   speech: {{enabled: false}}
   transcription: {{enabled: false}}
@@ -152,7 +153,8 @@ workers:
   second: {model: kokoro-82m-ja}
 """)
     actions = stack.actions(load_config([cpu, overlay]))
-    assert actions == {"chat": "replaced", "images": "unchanged", "speech": "updated",
+    assert actions == {"chat": "replaced", "images": "unchanged", "edits": "unchanged",
+                       "speech": "updated",
                        "transcription": "replaced", "videos": "removed", "second": "added"}
     assert stack.actions(load_config([cpu])) == dict.fromkeys(old.workers, "unchanged")
     assert PLACEHOLDER not in {g.model_path for g in stack.groups.values()}

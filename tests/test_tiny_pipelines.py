@@ -24,6 +24,7 @@ from serving.weights.tiny import (  # noqa: E402
     build_clip_tokenizer,
     build_t5_tokenizer,
     build_tiny_flux,
+    build_tiny_flux_kontext,
     build_tiny_wan,
 )
 
@@ -51,6 +52,13 @@ def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "wan"
     build_tiny_wan(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kontext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "flux-kontext"
+    build_tiny_flux_kontext(out, seed=0)
     return out
 
 
@@ -181,3 +189,81 @@ def test_same_seed_same_png_in_another_process(flux_dir: Path, flux):
                            capture_output=True, text=True)
     there = bytes.fromhex(child.stdout.strip())
     assert hashlib.sha256(there).digest() == hashlib.sha256(here).digest()
+
+
+def _solid(rgb: tuple[int, int, int], size: int = 128):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), rgb)
+
+
+def test_kontext_edits_the_input_image(kontext_dir: Path, flux_dir: Path):
+    """The editor reloads as the real FluxKontextPipeline; its output depends on the input
+    image (so the image reaches the transformer), a seed repeats its bytes, n gives distinct
+    images; it shares the tiny FLUX's text encoders and VAE, and adds a guidance embedding."""
+    kontext = diffusers.FluxKontextPipeline.from_pretrained(kontext_dir)
+    assert kontext.transformer.config.guidance_embeds
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        assert _weights(kontext_dir / part) == _weights(flux_dir / part)
+
+    def edit(image, seed: int = 1, n: int = 1) -> list[bytes]:
+        out = kontext(image=image, prompt="make the cat red", height=128, width=128,
+                      num_images_per_prompt=n, num_inference_steps=2, guidance_scale=2.5,
+                      max_area=128 * 128, _auto_resize=False, generator=_gen(seed)).images
+        assert all(img.size == (128, 128) for img in out)
+        return [_png(img) for img in out]
+
+    red, blue = _solid((200, 30, 30)), _solid((30, 30, 200))
+    first = edit(red)
+    assert first == edit(red)
+    assert first != edit(blue)
+    assert first != edit(red, seed=2)
+    pair = edit(red, n=2)
+    assert pair[0] != pair[1]
+
+
+def test_the_image_engine_makes_the_size_asked_of_kontext(kontext_dir: Path):
+    """Kontext scales its output to `max_area` (1024x1024 by default); the engine pins it."""
+    from PIL import Image
+
+    from serving.protocol.images import ImageParams
+    from serving.workers.images.engine import ImageEngine
+
+    engine = ImageEngine(diffusers.FluxKontextPipeline.from_pretrained(kontext_dir))
+    job = engine.new_job(ImageParams(prompt="x", n=2, width=256, height=128, steps=1,
+                                     guidance=2.5, seed=0))
+    engine.generate([job])
+    assert [Image.open(io.BytesIO(png)).size for png in job.images] == [(256, 128)] * 2
+
+
+def test_the_image_engine_edits_a_batch_of_inputs_in_one_call(kontext_dir: Path):
+    """Two edit requests with different inputs share one pipeline call; each output follows
+    its own input image (the same seed and prompt give different pictures), and a batch
+    repeats its bytes."""
+    from serving.protocol.images import ImageParams
+    from serving.workers.images.engine import ImageEngine
+
+    engine = ImageEngine(diffusers.FluxKontextPipeline.from_pretrained(kontext_dir))
+    calls = []
+    original = engine.pipe.__class__.__call__
+
+    def counted(pipe, *args, **kwargs):
+        calls.append(len(kwargs["image"]))
+        return original(pipe, *args, **kwargs)
+
+    def run() -> list[bytes]:
+        jobs = [engine.new_job(ImageParams(prompt="x", n=1, width=128, height=128, steps=1,
+                                           guidance=2.5, seed=5, image=_solid(rgb)))
+                for rgb in ((200, 30, 30), (30, 30, 200))]
+        assert jobs[0].params.batch_key() == jobs[1].params.batch_key()
+        engine.generate(jobs)
+        return [job.images[0] for job in jobs]
+
+    engine.pipe.__class__.__call__ = counted
+    try:
+        red, blue = run()
+        assert red != blue
+        assert run() == [red, blue]
+    finally:
+        engine.pipe.__class__.__call__ = original
+    assert calls == [2, 2]

@@ -19,7 +19,7 @@ from serving.workers.spec import MediaWorkerSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test"
-KINDS = {"images": "images", "videos": "videos", "speech": "speech",
+KINDS = {"images": "images", "edits": "images", "videos": "videos", "speech": "speech",
          "transcription": "transcription"}
 
 

@@ -39,7 +39,9 @@ ENGINE_MODALITIES: dict[str, set[Modality]] = {
     "kokoro": {Modality.speech},
 }
 
-Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching"]
+# `edits`: an image model whose pipeline takes an input image (`/v1/images/edits`). No
+# pipeline here takes a mask yet (inpainting), so a `mask` is always a 400.
+Capability = Literal["tool_use", "json_schema", "vision", "prefix_caching", "edits"]
 
 
 class HubSource(Strict):
@@ -102,9 +104,10 @@ class TinySource(Strict):
     """A tiny random-weight pipeline built locally from component configs (serving.weights.tiny):
     real diffusers code paths with no weights to download, for CPU runs and tests."""
 
-    tiny: Literal["flux", "wan"] = Field(
-        description="Which tiny random-weight pipeline to build: `flux` (images) or `wan` "
-        "(videos); for CPU runs and tests, never for real output.",
+    tiny: Literal["flux", "flux-kontext", "wan"] = Field(
+        description="Which tiny random-weight pipeline to build: `flux` (images), "
+        "`flux-kontext` (image edits) or `wan` (videos); for CPU runs and tests, never for "
+        "real output.",
     )
     seed: int = Field(
         description="Seed of the tiny pipeline's random weights, so every build is the same.",
@@ -308,7 +311,8 @@ class ModelEntry(Strict):
     )
     capabilities: set[Capability] = Field(
         description="Features the router allows for this model (`tool_use`, `json_schema`, "
-        "`vision`, `prefix_caching`); requests using others are a 400.",
+        "`vision`, `prefix_caching`; `edits`: an image model that serves /v1/images/edits); "
+        "requests using others are a 400.",
         default_factory=set)
     owned_by: str = Field(
         description="What /v1/models shows as the model's `owned_by`; informational only.",

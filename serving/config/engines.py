@@ -90,9 +90,10 @@ class VllmArgs(Strict):
 class DiffusersArgs(Strict):
     """How a diffusers worker holds its pipeline."""
 
-    pipeline: Literal["FluxPipeline", "WanPipeline"] = Field(
+    pipeline: Literal["FluxPipeline", "FluxKontextPipeline", "WanPipeline"] = Field(
         description="The diffusers pipeline class that loads the weights: `FluxPipeline` "
-        "for images, `WanPipeline` for videos; set by the catalog entry.",
+        "for images, `FluxKontextPipeline` for image edits, `WanPipeline` for videos; set by "
+        "the catalog entry.",
     )
     # `auto`: bf16 on CUDA; on CPU, bf16 only with native bf16 math (AVX512-BF16/AMX), else
     # float32 (serving.config.hardware).

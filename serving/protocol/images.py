@@ -1,4 +1,5 @@
-"""POST /v1/images/generations: OpenAI's request shape, checked against the model's catalog entry.
+"""POST /v1/images/generations: OpenAI's request shape, checked against the model's catalog entry
+(edits add their input image: serving.protocol.image_edits).
 
 Shared by the router (which rejects bad requests before they reach a GPU) and the image worker
 (which speaks the same shape, so it can be called on its own).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,10 +58,14 @@ class ImageParams:
     steps: int
     guidance: float
     seed: int | None
+    # Edits: the input image, decoded to RGB in the worker (an editor's pipeline takes it).
+    image: Any = None
 
-    def batch_key(self) -> tuple[int, int, int, float]:
-        """Requests with the same key can share one pipeline call."""
-        return self.width, self.height, self.steps, self.guidance
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with the same key can share one pipeline call. The worker resizes an
+        edit's input to the output size, so edits of one size batch together (apart from
+        generations: a pipeline call either takes input images or does not)."""
+        return self.width, self.height, self.steps, self.guidance, self.image is not None
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -101,7 +106,20 @@ def check_size(size: str | None, sizes: list[str], default: str) -> tuple[int, i
     return parse_size(size)
 
 
-def resolve_image_request(req: ImageGenerationRequest, options: ImageOptions) -> ImageParams:
+class ImageFields(Protocol):
+    """What generations and edits (serving.protocol.image_edits) both ask for."""
+
+    prompt: str
+    n: int | None
+    size: str | None
+    response_format: str | None
+    output_format: str | None
+    seed: int | None
+    num_inference_steps: int | None
+    guidance_scale: float | None
+
+
+def resolve_image_request(req: ImageFields, options: ImageOptions) -> ImageParams:
     """The pipeline parameters for `req`, or a 400 naming the first bad field."""
     if req.response_format == "url":
         raise invalid_request(

@@ -20,6 +20,7 @@ from serving.router import admin, health, models, reload, unsupported
 from serving.router.audio import routes as audio_routes
 from serving.router.call_worker import client_closed
 from serving.router.dependencies import install_services
+from serving.router.images import edits as image_edits
 from serving.router.images import routes as image_routes
 from serving.router.keys import Principal
 from serving.router.middleware.auth import AuthMiddleware
@@ -37,8 +38,8 @@ from serving.router.videos import routes as video_routes
 from serving.upstream.worker import Endpoints
 
 ROUTERS = (health.router, models.router, chat.router, completions.router, responses.router,
-           image_routes.router, video_routes.router, audio_routes.router, admin.router,
-           reload.router, unsupported.router)
+           image_routes.router, image_edits.router, video_routes.router, audio_routes.router,
+           admin.router, reload.router, unsupported.router)
 
 
 def middleware(services: Services) -> list[Middleware]:

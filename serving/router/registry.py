@@ -27,18 +27,23 @@ class Registry:
         return [s for s in self.served if key is None or key.may_use(*s.entry.names())]
 
     def resolve(self, name: str | None, modality: Modality, endpoint: str,
-                key: Principal | None = None) -> Served:
+                key: Principal | None = None, capability: str | None = None) -> Served:
         """The model a request names, or the 404/400 OpenAI gives for a wrong one.
 
         A model the key may not use is a 404 like one that does not exist, as OpenAI answers
         ("does not exist or you do not have access to it"). Endpoints where OpenAI's `model`
         is optional (images, videos) get the first configured model of their modality that
-        the key may use when none is named.
+        the key may use when none is named. An endpoint that needs a `capability` (image edits)
+        takes the first such model by default, and a 400 naming the models that have it for
+        one without.
         """
         if name is None:
-            served = next((s for s in self.visible(key) if s.entry.modality == modality), None)
+            served = next((s for s in self.visible(key) if s.entry.modality == modality
+                           and (capability is None or capability in s.entry.capabilities)),
+                          None)
             if served is None:
-                raise OpenAIError(404, f"No {modality.value} model is configured.",
+                having = "" if capability is None else f" with `{capability}`"
+                raise OpenAIError(404, f"No {modality.value} model{having} is configured.",
                                   param="model", code="model_not_found")
         else:
             served = self._by_name.get(name)
@@ -52,6 +57,12 @@ class Registry:
                 param="model",
                 code="model_not_supported",
             )
+        if capability is not None and capability not in served.entry.capabilities:
+            able = [s.entry.id for s in self.visible(key) if capability in s.entry.capabilities]
+            raise OpenAIError(
+                400, f"The model `{name}` is not supported by {endpoint}; models that are: "
+                f"{', '.join(able) or 'none configured'}.", param="model",
+                code="model_not_supported")
         if served.entry.id in self.reloading:
             raise OpenAIError(
                 503, f"The model `{served.entry.id}` is being reloaded with a new "

@@ -26,8 +26,9 @@ UNSUPPORTED: dict[str, str] = {
     "/v1/batches": "The Batch API is not supported; send requests to /v1/chat/completions "
     "directly (they are batched on the GPU).",
     "/v1/files": "File uploads are not supported; send content inline in the request.",
-    "/v1/images/edits": "Image edits are not supported; use /v1/images/generations.",
-    "/v1/images/variations": "Image variations are not supported; use /v1/images/generations.",
+    "/v1/images/variations": "Image variations are not supported; edit the image with "
+    "/v1/images/edits (a prompt such as 'the same scene, another take'), or generate with "
+    "/v1/images/generations.",
     # POST /v1/responses is served (text/routes.py); the rest of that API needs stored
     # responses.
     "/v1/responses": "Responses are not stored by this API, so they cannot be listed, "

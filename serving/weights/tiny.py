@@ -16,6 +16,7 @@ Building is deterministic: the same seed gives byte-identical safetensors files.
 
 CLI (the project runs builds in a short-lived child process):
     python -m serving.weights.tiny flux OUT_DIR [--seed N]
+    python -m serving.weights.tiny flux-kontext OUT_DIR [--seed N]
     python -m serving.weights.tiny wan OUT_DIR [--seed N]
 """
 
@@ -220,9 +221,25 @@ def build_tiny_flux(out_dir: Path, seed: int = 0) -> None:
     _save(FluxPipeline(**flux_components(seed)), out_dir)
 
 
-def flux_components(seed: int = 0) -> dict[str, Any]:
+def build_tiny_flux_kontext(out_dir: Path, seed: int = 0) -> None:
+    """Build a tiny random `FluxKontextPipeline` (image editing) into `out_dir`.
+
+    The same components as the tiny FLUX, with a guidance embedding as FLUX.1-Kontext-dev has
+    (guidance-distilled); the pipeline encodes the input image with the VAE and appends its
+    latent tokens to the ones being denoised, so the input really shapes the output.
+    """
+    from diffusers import FluxKontextPipeline
+
+    components = flux_components(seed, guidance_embeds=True)
+    _save(FluxKontextPipeline(**components, image_encoder=None, feature_extractor=None), out_dir)
+
+
+def flux_components(seed: int = 0, guidance_embeds: bool = False) -> dict[str, Any]:
     """The parts of a tiny random FLUX.1 pipeline, by the names FLUX's pipelines take them:
-    FLUX's text-to-image pipeline and its image-conditioned siblings share them."""
+    FLUX's text-to-image pipeline and its image-conditioned siblings share them.
+
+    `guidance_embeds` gives the transformer FLUX.1-dev's distilled-guidance embedding (Kontext
+    has one; schnell does not)."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -260,12 +277,12 @@ def flux_components(seed: int = 0) -> dict[str, Any]:
         max_image_seq_len=4096,
     )
     return {"scheduler": scheduler, "vae": _flux_vae(seed),
-            "transformer": _flux_transformer(seed, clip_dim, t5_dim),
+            "transformer": _flux_transformer(seed, clip_dim, t5_dim, guidance_embeds),
             "text_encoder": text_encoder, "tokenizer": tokenizer,
             "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2}
 
 
-def _flux_transformer(seed: int, clip_dim: int, t5_dim: int) -> Any:
+def _flux_transformer(seed: int, clip_dim: int, t5_dim: int, guidance_embeds: bool) -> Any:
     import torch
     from diffusers import FluxTransformer2DModel
 
@@ -279,7 +296,7 @@ def _flux_transformer(seed: int, clip_dim: int, t5_dim: int) -> Any:
         num_attention_heads=2,
         joint_attention_dim=t5_dim,
         pooled_projection_dim=clip_dim,
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
 
@@ -365,11 +382,12 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> None:
     _save(pipe, out_dir)
 
 
-BUILDERS = {"flux": build_tiny_flux, "wan": build_tiny_wan}
+BUILDERS = {"flux": build_tiny_flux, "flux-kontext": build_tiny_flux_kontext,
+            "wan": build_tiny_wan}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m serving.weights.tiny {flux,wan} OUT_DIR [--seed N]`."""
+    """`python -m serving.weights.tiny {flux,flux-kontext,wan} OUT_DIR [--seed N]`."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.weights.tiny",
         description="Build a tiny random-weight diffusers pipeline (no downloads).",

@@ -3,9 +3,10 @@
 A model that loads is not a model that works: CUDA libraries are loaded lazily (ctranslate2
 opens cuBLAS at its first matrix product, not at load), kernels compile on first use, and a
 pipeline can fail on its first call for reasons its load never checks. So each worker runs the
-cheapest real request it serves (one image step at the smallest size, one video step, one
-spoken word, a second of silence transcribed) inside its lifespan; if that raises, the worker
-exits, the launcher reports its log, and `/ready` never turns green on a broken engine.
+cheapest real request it serves (one image step at the smallest size, an edit on an editor, one
+video step, one spoken word, a second of silence transcribed) inside its lifespan; if that
+raises, the worker exits, the launcher reports its log, and `/ready` never turns green on a
+broken engine.
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ def _timed(name: str, what: str, run: Callable[[], Any]) -> Any:
 
 
 def warm_up_images(name: str, engine: Any, entry: ModelEntry) -> None:
+    """One image at the smallest size, one step; an editor edits a grey picture instead, so
+    the path that encodes an input image has run too."""
+    from PIL import Image
+
     from serving.protocol.images import ImageParams
 
     assert entry.image is not None
     width, height = smallest_size(entry.image.sizes)
+    edits = "edits" in entry.capabilities
+    image = Image.new("RGB", (width, height), (128, 128, 128)) if edits else None
     job = engine.new_job(ImageParams(prompt=WARMUP_PROMPT, n=1, width=width, height=height,
                                      steps=1, guidance=entry.image.guidance_scale.default,
-                                     seed=0))
-    _timed(name, f"one {width}x{height} image, 1 step", lambda: engine.generate([job]))
+                                     seed=0, image=image))
+    what = f"{'an edit of ' if edits else ''}one {width}x{height} image, 1 step"
+    _timed(name, what, lambda: engine.generate([job]))
     if len(job.images) != 1 or not job.images[0]:
         raise RuntimeError("the warm-up image came back empty")
 

@@ -11,11 +11,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import APIRouter, Request
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response, StreamingResponse
 
 from serving.config import Modality
-from serving.errors import invalid_request
 from serving.protocol.audio import (
     AUDIO_SECONDS_HEADER,
     SpeechRequest,
@@ -30,6 +28,7 @@ from serving.router.context import Meter
 from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
 from serving.router.middleware.body_size import BodyLimit
+from serving.router.multipart import read_multipart
 from serving.router.registry import Registry
 
 router = APIRouter(route_class=StrictJSONRoute)
@@ -81,20 +80,9 @@ def upload_limit(registry: Registry) -> BodyLimit | None:
 @router.post(TRANSCRIPTIONS)
 async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep,
                                config: ConfigDep, call: CallWorker) -> Response:
-    raw = await request.body()  # capped by the body-size middleware (`upload_limit`)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise invalid_request("Transcriptions take multipart/form-data with a 'file' part.",
-                              param="file", code="invalid_content_type")
-
-    async def replay() -> AsyncIterator[bytes]:
-        yield raw
-
-    try:
-        form = await MultiPartParser(request.headers, replay()).parse()
-    except MultiPartException as e:
-        raise invalid_request(f"The multipart body could not be parsed: {e.message}",
-                              param="file") from None
+    # Capped by the body-size middleware (`upload_limit`).
+    upload = await read_multipart(request, "Transcriptions", "file")
+    form = upload.form
     try:
         fields = transcription_fields(form)
         served = registry.resolve(fields.model, Modality.transcription,
@@ -106,8 +94,8 @@ async def create_transcription(request: Request, ctx: Ctx, registry: RegistryDep
         await form.close()
     # The worker gets the upload as it came; it knows its model by any of its names. A
     # transcription answers once it is done: a client that leaves before cancels it.
-    response = await call(served, TRANSCRIPTIONS, content=raw,
-                          content_type=content_type, stream=True,
+    response = await call(served, TRANSCRIPTIONS, content=upload.raw,
+                          content_type=upload.content_type, stream=True,
                           timeout=config.router.timeouts.audio_s)
     return _relay(response, ctx.meter)
 

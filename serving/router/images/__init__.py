@@ -1,1 +1,1 @@
-"""POST /v1/images/generations, served by diffusers image workers."""
+"""POST /v1/images/generations and /v1/images/edits, served by diffusers image workers."""

@@ -20,13 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from serving.config.deployment import ImageInputs
 from serving.errors import invalid_request
+from serving.media.images import FORMATS, open_image
 from serving.router.text.image_fetch import FetchError, fetch_image
-
-_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
 @dataclass
@@ -62,20 +59,8 @@ def _decode_data_url(url: str, max_bytes: int) -> bytes:
 
 def checked_data_url(data: bytes, max_pixels: int) -> str:
     """A data URL of `data` once Pillow decoded all of it, or ValueError saying why not."""
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-        mime = _FORMATS.get(image.format or "")
-        if mime is None:
-            raise ValueError(f"Unsupported image format `{image.format}`; use PNG, JPEG, WebP "
-                             "or GIF.")
-        width, height = image.size
-        if width * height > max_pixels:  # checked before the bitmap is allocated
-            raise ValueError(f"The image has {width}x{height} pixels, more than {max_pixels}.")
-        image.load()  # the first frame, completely: a truncated file fails here
-    except ValueError:
-        raise
-    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError):
-        raise ValueError("The image could not be decoded (corrupt or not an image).") from None
+    image = open_image(data, max_pixels)
+    mime = FORMATS[image.format or ""]
     if image.format == "GIF":
         first = io.BytesIO()
         image.convert("RGBA" if "transparency" in image.info else "RGB").save(first, "PNG")

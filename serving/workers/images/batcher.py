@@ -2,7 +2,8 @@
 
 A diffusers pipeline is not thread-safe, so calls are serialised. While one call runs, new
 requests wait; when it ends, the oldest waiting request and every other waiting request with
-the same size, steps and guidance (up to `max_images` images) go into the next call together.
+the same size, steps and guidance (up to `max_images` images; edits apart from generations) go
+into the next call together.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from collections import deque
 from serving.protocol.images import ImageParams
 from serving.workers.diffusion import Cancelled
 from serving.workers.images.engine import ImageEngine, ImageJob
+from serving.workers.images.metrics import BatchMetrics
 
 log = logging.getLogger("serving.workers.images")
 
 
 class Batcher:
-    def __init__(self, engine: ImageEngine, max_images: int):
+    def __init__(self, engine: ImageEngine, max_images: int,
+                 metrics: BatchMetrics | None = None):
         self.engine = engine
         self.max_images = max_images
+        self.metrics = metrics or BatchMetrics()
         self._queue: deque[tuple[ImageJob, asyncio.Future[ImageJob]]] = deque()
         self._wakeup = asyncio.Event()
 
@@ -64,6 +68,8 @@ class Batcher:
                     error = e
                 else:
                     error = None
+                    self.metrics.observe(jobs[0].params.image is not None, len(jobs),
+                                         sum(job.params.n for job in jobs))
                 for job, future in batch:
                     if future.done():
                         continue
