@@ -276,7 +276,7 @@ def test_fleet_runs_a_chat_pool_behind_its_pool_router(tmp_path: Path):
 
     pool = find(manifests, "Deployment", "serving-pool-chat")
     command, args = pool_router_args(pool)
-    assert command == ["vllm-router"]
+    assert command == ["smg", "launch"]
     assert args.policy == "cache_aware"
     assert args.service_discovery and args.service_discovery_port == 8000
     assert args.service_discovery_namespace == NAMESPACE
@@ -336,7 +336,7 @@ def test_pool_router_defaults_are_the_configs_routing_defaults():
     manifests = render_values(values)
     command, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
     routing = Routing()
-    assert command == ["vllm-router"] and routing.engine == "vllm-router"
+    assert command == ["smg", "launch"] and routing.engine == "smg"
     assert args.policy == routing.policy
     assert args.cache_threshold == routing.cache_threshold
     assert args.balance_abs_threshold == routing.balance_abs_threshold

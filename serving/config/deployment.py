@@ -253,15 +253,20 @@ class Routing(Strict):
         description="cache_aware: to the replica holding the longest prefix of the prompt "
         "in its KV cache, unless the load is unbalanced.")
     engine: Literal["vllm-router", "smg"] = Field(
-        default="vllm-router", description="The chat pool's router binary.")
+        default="smg",
+        description="The chat pool's router binary. smg sends a prompt no replica holds to "
+        "the replica with the least cached text, so even one request at a time fills every "
+        "replica; vllm-router sends it to the least loaded one, which in an idle pool is "
+        "always the first (one replica serves all while the others idle).")
     cache_threshold: float = Field(
         default=0.5, ge=0, le=1,
         description="Least prefix match (share of the prompt) that routes by cache; below "
         "it the least loaded replica gets the request.")
     balance_abs_threshold: int = Field(
-        default=32, ge=0,
-        description="The load is unbalanced when the busiest replica has this many more "
-        "requests than the idlest...")
+        default=2, ge=0,
+        description="A replica stops getting requests by cache when it has this many more "
+        "requests in flight than the pool's mean (smg) or than the idlest replica "
+        "(vllm-router)...")
     balance_rel_threshold: float = Field(
         default=1.5, ge=1, description="...and this many times as many.")
     health_check_interval_s: float = Field(
