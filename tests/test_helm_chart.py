@@ -555,3 +555,76 @@ def test_an_edit_rolls_only_the_worker_it_changes(values_file: str):
     for name in workers:
         changed = pod_template(edited, name) != pod_template(before, name)
         assert changed == (name == chat), name
+
+
+# The ScaledObject fields the chart may set, from KEDA's documentation (keda.sh/docs/2.16,
+# "Scaling Deployments": ScaledObject spec; "Prometheus" scaler: trigger metadata).
+KEDA_SPEC_FIELDS = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
+                    "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback",
+                    "advanced", "triggers"}
+KEDA_TRIGGER_FIELDS = {"type", "name", "metadata", "metricType", "useCachedMetrics",
+                       "authenticationRef"}
+KEDA_PROMETHEUS_METADATA = {"serverAddress", "query", "threshold", "activationThreshold",
+                            "namespace", "customHeaders", "ignoreNullValues", "queryParameters",
+                            "unsafeSsl", "timeout"}
+
+
+def keda_values(overrides: dict | None = None) -> list[Manifest]:
+    return render("values-fleet.yaml", {"workerDefaults": {"autoscaling": {
+        "mode": "keda", "minReplicas": 1, "maxReplicas": 6, **(overrides or {})}}})
+
+
+def test_keda_scales_each_worker_on_its_own_signal():
+    manifests = keda_values()
+    scaled = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "ScaledObject"}
+    workers = names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}
+    assert set(scaled) == set(workers) and scaled
+    for name, obj in scaled.items():
+        spec = obj["spec"]
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        assert set(spec) <= KEDA_SPEC_FIELDS
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": name}
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
+        # KEDA owns the replica count: the Deployment sets none (it would fight the HPA).
+        assert "replicas" not in find(manifests, "Deployment", name)["spec"]
+        for trigger in spec["triggers"]:
+            assert set(trigger) <= KEDA_TRIGGER_FIELDS and trigger["type"] == "prometheus"
+            assert set(trigger["metadata"]) <= KEDA_PROMETHEUS_METADATA
+            assert all(isinstance(v, str) for v in trigger["metadata"].values())
+            float(trigger["metadata"]["threshold"])
+    chat = {t["name"]: t for t in scaled["serving-worker-chat"]["spec"]["triggers"]}
+    assert set(chat) == {"queue", "kv-cache"}
+    assert chat["queue"]["metadata"]["query"].startswith("sum(vllm:num_requests_waiting{")
+    assert chat["queue"]["metricType"] == "AverageValue"  # per replica
+    assert 'pod=~"serving-worker-chat-.*"' in chat["queue"]["metadata"]["query"]
+    assert chat["kv-cache"]["metadata"]["query"].startswith("avg(vllm:kv_cache_usage_perc{")
+    media = [m for n, m in scaled.items() if n != "serving-worker-chat"]
+    for obj in media:
+        (trigger,) = obj["spec"]["triggers"]
+        assert trigger["name"] == "in-flight"
+        assert trigger["metadata"]["query"].startswith("sum(serving_requests_in_flight{")
+    # A chat worker that may grow past one replica gets its pool router, which follows pods.
+    _, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
+    assert args.service_discovery
+    # Everything else is still strictly valid Kubernetes.
+    for manifest in manifests:
+        if manifest["kind"] != "ScaledObject":
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+def test_scale_down_drains_before_a_pod_stops():
+    manifests = keda_values()
+    for name in names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}:
+        spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        (worker,) = spec["containers"]
+        drain = int(worker["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert drain > 0 and spec["terminationGracePeriodSeconds"] > drain
+
+
+def test_no_autoscaler_unless_asked():
+    manifests = render("values-fleet.yaml")
+    assert not [m for m in manifests if m["kind"] == "ScaledObject"]
+    workers = [m for m in manifests if m["kind"] == "Deployment"
+               and m["metadata"]["name"].startswith("serving-worker-")]
+    assert workers and all("replicas" in m["spec"] for m in workers)

@@ -71,11 +71,14 @@ replacing the default's whole (so `nodeSelector: {}` clears a default selector).
 {{- toYaml $out }}
 {{- end }}
 
-{{/* Whether a worker is a chat pool: a chat worker with more than one replica, fronted by a
-pool router. Call with (list $ NAME); prints "true" or nothing. */}}
+{{/* Whether a worker is a chat pool: a chat worker with more than one replica (or an
+autoscaler that may give it more), fronted by a pool router. Call with (list $ NAME); prints
+"true" or nothing. */}}
 {{- define "serving.isPool" -}}
 {{- $w := include "serving.workerValues" . | fromYaml }}
-{{- if and (eq $w.kind "chat") (gt (int $w.replicas) 1) }}true{{ end }}
+{{- $a := $w.autoscaling | default dict }}
+{{- $scaled := and (eq ($a.mode | default "none") "keda") (gt (int $a.maxReplicas) 1) }}
+{{- if and (eq $w.kind "chat") (or (gt (int $w.replicas) 1) $scaled) }}true{{ end }}
 {{- end }}
 
 {{- define "serving.workerService" -}}
