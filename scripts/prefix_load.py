@@ -172,15 +172,40 @@ async def one_turn(client: httpx.AsyncClient, model: str, messages: list[dict],
     return "".join(answer)
 
 
+class Turnstile:
+    """At most `slots` requests in flight; a freed slot goes to one of the users waiting,
+    drawn at random (seeded), as independent users' requests arrive. In a fixed rotation
+    an even number of users would each land on the same replica under round robin too."""
+
+    def __init__(self, slots: int, seed: int = 0) -> None:
+        self.free = slots
+        self.waiting: list[asyncio.Future[None]] = []
+        self.rng = random.Random(seed)
+
+    async def __aenter__(self) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        ticket = asyncio.get_running_loop().create_future()
+        self.waiting.append(ticket)
+        await ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.waiting:
+            self.waiting.pop(self.rng.randrange(len(self.waiting))).set_result(None)
+        else:
+            self.free += 1
+
+
 async def run_workload(url: str, model: str, workload: Workload, key: str = "",
                        timeout_s: float = 120, concurrency: int | None = None) -> list[Turn]:
     """Every user at once, each through their conversations in order; with `concurrency`,
-    at most that many requests in flight, taken in turn from the users waiting (at 1 the
-    users' turns interleave, one request at a time: light traffic, where nothing but the
-    router's placement spreads the load). A failed turn leaves its question out of the
-    history (no answer to append) and the conversation goes on."""
+    at most that many requests in flight, each freed slot going to a waiting user drawn at
+    random (at 1: light traffic, where nothing but the router's placement spreads the
+    load). A failed turn leaves its question out of the history (no answer to append) and
+    the conversation goes on."""
     turns: list[Turn] = []
-    gate = asyncio.Semaphore(concurrency or len(workload.users))
+    gate = Turnstile(concurrency or len(workload.users))
     limits = httpx.Limits(max_connections=len(workload.users),
                           max_keepalive_connections=len(workload.users))
     headers = {"Authorization": f"Bearer {key}"} if key else {}
