@@ -252,7 +252,7 @@ def test_worker_pods_probe_health_and_cache_models_on_a_volume():
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
         # A deleted pod drains before it stops, within its grace period.
-        drain = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+        drain = prestop_drain(c)
         assert 0 < drain < pod["terminationGracePeriodSeconds"]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["SERVING_CACHE_DIR"] == "/var/cache/serving"
@@ -498,6 +498,8 @@ def test_the_schema_knows_every_config_field_and_no_other():
     ({"database": {"dev": {"enabled": True}}}, "not both"),
     ({"config": {"workers": {"images": {"gpus": [1]}}}}, "config.workers.images.gpus: GPU 1"),
     ({"config": {"workers": {"speech": {"gpus": [0]}}}}, "config.workers.speech.gpus: GPU 0"),
+    ({"workers": {"chat": {"terminationGracePeriodSeconds": 60}}},
+     "workers.chat.terminationGracePeriodSeconds: 60, but the pod may drain for 120 s"),
 ])
 def test_values_that_cannot_work_fail_with_what_to_change(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):
@@ -613,13 +615,48 @@ def test_keda_scales_each_worker_on_its_own_signal():
             kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
 
 
+def prestop_drain(worker: dict[str, Any]) -> int:
+    """The drain time of a worker container's preStop hook, which must be `serving drain`
+    on the worker's own port as the CLI parses it."""
+    from serving.cli import parser
+
+    command = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "serving" and all(isinstance(a, str) for a in command)
+    args = parser().parse_args(command[1:])
+    assert args.func.__name__ == "cmd_drain" and args.url == "http://127.0.0.1:8000"
+    assert worker["ports"][0]["containerPort"] == 8000
+    return int(args.timeout)
+
+
+def worker_stop(manifests: list[Manifest], name: str) -> tuple[int, int]:
+    """A worker Deployment's (preStop drain, terminationGracePeriodSeconds)."""
+    spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+    (worker,) = spec["containers"]
+    return prestop_drain(worker), spec["terminationGracePeriodSeconds"]
+
+
 def test_scale_down_drains_before_a_pod_stops():
+    """By default a pod drains for its worker's drain_timeout_s (the time a reload gives it)
+    and the grace period adds a margin for vLLM's own shutdown."""
     manifests = keda_values()
-    for name in names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}:
-        spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
-        (worker,) = spec["containers"]
-        drain = int(worker["lifecycle"]["preStop"]["exec"]["command"][1])
-        assert drain > 0 and spec["terminationGracePeriodSeconds"] > drain
+    workers = names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}
+    default = WorkerConfig.model_fields["drain_timeout_s"].default
+    for name in workers:
+        drain, grace = worker_stop(manifests, name)
+        assert drain == default and grace == drain + 30
+
+
+def test_the_drain_follows_the_configs_drain_timeout(tmp_path: Path):
+    manifests = render("values-fleet.yaml", {
+        "config": {"workers": {"chat": {"drain_timeout_s": 600.5}}},
+        "workers": {"images": {"drainSeconds": 10, "terminationGracePeriodSeconds": 20},
+                    "speech": {"drainSeconds": 0}}})
+    assert worker_stop(manifests, "serving-worker-chat") == (601, 631)
+    assert worker_stop(manifests, "serving-worker-images") == (10, 20)
+    speech = container(find(manifests, "Deployment", "serving-worker-speech"))
+    assert "lifecycle" not in speech  # drainSeconds 0: no hook
+    config = load_config([rendered_config(manifests, tmp_path)])
+    assert config.workers["chat"].drain_timeout_s == 600.5
 
 
 def test_no_autoscaler_unless_asked():

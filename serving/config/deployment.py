@@ -313,7 +313,9 @@ class WorkerConfig(Strict):
     drain_timeout_s: float = Field(
         default=120.0, ge=0,
         description="On a reload that removes or replaces this worker: how long its requests "
-        "in flight (streams, renders) get to finish before its processes stop.")
+        "in flight (streams, renders) get to finish before its processes stop. The Helm "
+        "chart gives a deleted pod the same time (its preStop drain; its grace period is this "
+        "plus a margin).")
     reload_strategy: Literal["auto", "blue_green", "drain_first"] = Field(
         default="auto",
         description="How a reload replaces this worker when its model or engine args change. "
