@@ -360,6 +360,22 @@ def test_pool_routing_settings_reach_the_engine():
     assert args.health_check_interval_secs == 1
 
 
+@pytest.mark.parametrize("engine", ["smg", "vllm-router"])
+def test_either_pool_router_follows_the_pools_pods(engine: str):
+    """Service discovery, as the engine's own parser reads the chart's arguments: the pool's
+    ready pods in the release's namespace, on the worker's port (each engine adds a pod when it
+    is ready and drops it once it is marked for deletion)."""
+    manifests = render("values-fleet.yaml", {"config": {"workers": {"chat": {
+        "routing": {"engine": engine}}}}})
+    command, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
+    assert command[0] == engine
+    assert args.service_discovery
+    assert (args.service_discovery_namespace, args.service_discovery_port) == (NAMESPACE, 8000)
+    chat = find(manifests, "Deployment", "serving-worker-chat")
+    assert args.selector.items() <= chat["spec"]["template"]["metadata"]["labels"].items()
+    assert container(chat)["ports"][0]["containerPort"] == 8000
+
+
 def test_router_runs_serving_router_with_its_config_and_probes():
     manifests = render("values-fleet.yaml")
     router = find(manifests, "Deployment", "serving-router")
