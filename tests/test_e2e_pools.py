@@ -385,7 +385,7 @@ def test_a_chat_replica_that_dies_ends_its_streams_cleanly_and_the_other_serves(
     assert len(errors) == 1 and errors[0]["error"]["code"] == "worker_unavailable"
     assert not any(line == "data: [DONE]" for line in rest)
     thread.join()
-    # vllm-router sends a plain request that failed on its replica to another one, when it
+    # The pool router sends a plain request that failed on its replica to another one, when it
     # notices in time; otherwise it answers 500, which the client gets as a clean 502 envelope.
     answer = plain["response"]
     if answer.status_code == 200:

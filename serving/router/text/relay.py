@@ -33,6 +33,11 @@ log = logging.getLogger("serving.router")
 # spec wants an object or array there, or nothing.
 _NULLABLE = frozenset({"content", "refusal", "logprobs", "finish_reason"})
 
+# How a stream ends when its worker stopped mid-way (the connection broke, here or behind the
+# chat pool's router).
+_WORKER_STOPPED = OpenAIError(502, "The model worker stopped mid-stream.",
+                              code="worker_unavailable")
+
 
 def clean(obj: Any) -> Any:
     if isinstance(obj, dict):
@@ -127,8 +132,7 @@ async def _relay_stream(
         # Headers are sent; the best left is to end the stream with an error event.
         log.warning("worker stream broke: %s", e)
         m.status_override = 502
-        yield sse_event(OpenAIError(502, "The model worker stopped mid-stream.",
-                                    code="worker_unavailable").body())
+        yield sse_event(_WORKER_STOPPED.body())
     finally:
         if not finished:
             _unfinished(m, ended, last_usage, caching, broken)
@@ -159,8 +163,12 @@ def _unmarked(event: bytes, m: Meter) -> tuple[bytes, str | None]:
 
 def _error_event(error: Any) -> bytes:
     """vLLM's own mid-stream error event, in OpenAI's envelope: vLLM's `code` is the HTTP
-    status as a number, where OpenAI's is a string or null."""
+    status as a number, where OpenAI's is a string or null. A pool router's event for a
+    replica that stopped mid-stream is told as the router tells a worker that stopped."""
     error = error if isinstance(error, dict) else {"message": str(error)}
+    if error.get("type") == contract.POOL_STREAM_BROKEN_TYPE:
+        log.warning("worker stream broke behind the pool router: %s", error.get("message"))
+        return sse_event(_WORKER_STOPPED.body()).removesuffix(b"\n\n")
     envelope = OpenAIError(502, str(error.get("message") or "The model worker failed."))
     if isinstance(error.get("type"), str):
         envelope.type = error["type"]
