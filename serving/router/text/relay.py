@@ -37,6 +37,7 @@ _NULLABLE = frozenset({"content", "refusal", "logprobs", "finish_reason"})
 # chat pool's router).
 _WORKER_STOPPED = OpenAIError(502, "The model worker stopped mid-stream.",
                               code="worker_unavailable")
+_STOPPED_EVENT = sse_event(_WORKER_STOPPED.body()).removesuffix(b"\n\n")
 
 
 def clean(obj: Any) -> Any:
@@ -104,13 +105,17 @@ async def _relay_stream(
     finished = False  # the closing usage event was metered
     ended = False  # the worker ended the stream (the client did not leave, the link held)
     broken: str | None = None  # how the stream broke the vLLM contract, if it did
+    stopped = False  # the pool router said the worker stopped: a broken stream, no [DONE]
     try:
         async for events in read_events(response.aiter_raw()):
             out = []
             for event in events:
+                if stopped and event == contract.DONE:
+                    continue
                 span = _usage_span(event)
                 if span is None and event != contract.DONE:
                     event, problem = _unmarked(event, m)
+                    stopped = stopped or event == _STOPPED_EVENT
                     if problem:
                         broken = broken or _contract_broken(problem, event)
                         span = _usage_span(event)
@@ -168,7 +173,7 @@ def _error_event(error: Any) -> bytes:
     error = error if isinstance(error, dict) else {"message": str(error)}
     if error.get("type") == contract.POOL_STREAM_BROKEN_TYPE:
         log.warning("worker stream broke behind the pool router: %s", error.get("message"))
-        return sse_event(_WORKER_STOPPED.body()).removesuffix(b"\n\n")
+        return _STOPPED_EVENT
     envelope = OpenAIError(502, str(error.get("message") or "The model worker failed."))
     if isinstance(error.get("type"), str):
         envelope.type = error["type"]
