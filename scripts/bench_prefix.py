@@ -42,7 +42,18 @@ from pathlib import Path
 import httpx
 from bench_chat import bar_chart  # scripts/ is on the path when a script runs
 from chat_pool import Proc, restart, start_replicas, start_router
-from prefix_load import Summary, Turn, Workload, build_workload, delta, run_workload, scrape, table
+from prefix_load import (
+    SHAPES,
+    Summary,
+    Turn,
+    Workload,
+    build_workload,
+    delta,
+    plot_png,
+    run_workload,
+    scrape,
+    table,
+)
 
 from serving.config import Config, load_config
 from serving.config.deployment import Routing
@@ -60,7 +71,8 @@ def measure(label: str, url: str, replicas: list[str], args: argparse.Namespace,
     """One run of the workload through `url`, with the replicas' counters around it."""
     before = scrape(replicas)
     start = time.monotonic()
-    turns = asyncio.run(run_workload(url, args.model, workload(args), key))
+    turns = asyncio.run(run_workload(url, args.model, workload(args), key,
+                                     concurrency=args.concurrency))
     seconds = time.monotonic() - start
     after = scrape(replicas)
     counters = delta(before, after)
@@ -183,7 +195,8 @@ async def kill_run(router: Proc, victim: Proc, args: argparse.Namespace,
     Returns the turns, the kill time, when the router stopped listing the victim (None if it
     cannot say) and when the run started."""
     start = time.monotonic()
-    task = asyncio.create_task(run_workload(router.url, args.model, workload(args)))
+    task = asyncio.create_task(run_workload(router.url, args.model, workload(args),
+                                            concurrency=args.concurrency))
     await asyncio.sleep(args.kill_after)
     killed = time.monotonic()
     victim.signal_group(signal.SIGKILL)
@@ -246,71 +259,16 @@ def run_local(args: argparse.Namespace, config: Config, variants: list[Variant],
     return results, kill
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", action="append", type=Path,
-                   help="start the replicas from these config files (default configs/cpu.yaml)")
-    p.add_argument("--url", help="run once against this running pool instead")
-    p.add_argument("--replica-url", action="append", default=[],
-                   help="with --url: a replica whose vllm: metrics to read (repeatable)")
-    p.add_argument("--key", default="", help="with --url: API key, if the pool wants one")
-    p.add_argument("--worker", default="chat", help="the config's chat worker")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--engines", default="vllm-router,smg")
-    p.add_argument("--policies", default="cache_aware,round_robin")
-    p.add_argument("--variant", action="append", default=[],
-                   metavar="NAME=ENGINE:POLICY[:FIELD=V,...]",
-                   help="instead of --engines x --policies: a router and its routing fields "
-                   "(repeatable), e.g. abs4=smg:cache_aware:balance_abs_threshold=4")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant")
-    p.add_argument("--prompts", type=int, default=4, help="shared system prompts")
-    p.add_argument("--prompt-tokens", type=int, default=1500, help="about, per system prompt")
-    p.add_argument("--users", type=int, default=8, help="concurrent users")
-    p.add_argument("--conversations", type=int, default=2, help="per user, one after another")
-    p.add_argument("--turns", type=int, default=6, help="per conversation")
-    p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-threshold", type=float)
-    p.add_argument("--balance-abs-threshold", type=int)
-    p.add_argument("--balance-rel-threshold", type=float)
-    p.add_argument("--health-check-interval", type=float)
-    p.add_argument("--stack", action="store_true",
-                   help="each variant through `serving up` with `replicas` (no kill test)")
-    p.add_argument("--kill", action="store_true", help="then the kill test, for each engine")
-    p.add_argument("--breaker", type=int,
-                   help="routers' circuit breaker: failures before a worker is skipped")
-    p.add_argument("--kill-after", type=float, default=20.0, help="seconds into the kill run")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    args = p.parse_args()
-    # SIGTERM (a background run stopped) unwinds like Ctrl-C, so the replicas are stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    if args.url:
-        results = [measure("pool", args.url, args.replica_url, args, args.key)]
-        kill = ""
-    else:
-        configs = args.config or [Path(__file__).parents[1] / "configs/cpu.yaml"]
-        config = load_config(configs)
-        overrides = {k: v for k, v in {
-            "cache_threshold": args.cache_threshold,
-            "balance_abs_threshold": args.balance_abs_threshold,
-            "balance_rel_threshold": args.balance_rel_threshold,
-            "health_check_interval_s": args.health_check_interval}.items() if v is not None}
-        routing = config.workers[args.worker].routing.model_copy(update=overrides)
-        print(f"routing: {routing}", file=sys.stderr)
-        workdir = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
-        print(f"{args.replicas} replicas, logs in {workdir}", file=sys.stderr)
-        variants = parse_variants(args, routing)
-        if args.stack:
-            results, kill = run_variants(args, variants, stack_pool(args, configs, workdir)), ""
-        else:
-            results, kill = run_local(args, config, variants, routing, workdir)
-
+def report(args: argparse.Namespace, results: list[Summary], kill: str) -> None:
+    """The table, the text plots, the ratios between variants; the PNG and JSON if asked."""
     w = workload(args)
-    print(f"workload: {args.prompts} system prompts of ~{args.prompt_tokens} tokens, "
-          f"{args.users} users x {args.conversations} conversations x {args.turns} turns "
-          f"= {w.requests} requests a run, max_tokens {args.max_tokens}, temperature 0")
+    shape = (f"workload {args.workload}: {args.prompts} system prompts of "
+             f"~{args.prompt_tokens} tokens, {args.users} users x {args.conversations} "
+             f"conversations x {args.turns} turns = {w.requests} requests a run, "
+             f"concurrency {args.concurrency or args.users}, max_tokens {args.max_tokens}")
+    print(shape + ", temperature 0")
+    if args.plot:
+        plot_png(results, args.plot, shape)
     print(table(results))
     print()
     print(bar_chart([(s.label, s.vllm_hit_rate) for s in results], "hit rate (vLLM)", fmt=".3f"))
@@ -338,6 +296,84 @@ def main() -> int:
              "hit_rate_vllm": s.vllm_hit_rate, "hit_rate_usage": s.usage_hit_rate,
              "ttft_p50": s.ttft(50), "ttft_p99": s.ttft(99), "output_tok_per_s": s.tps,
              "per_replica": s.per_replica, "seconds": s.seconds} for s in results], indent=2))
+
+
+def with_shape(args: argparse.Namespace) -> argparse.Namespace:
+    """The named workload's settings, where no flag set one."""
+    shape = SHAPES[args.workload]
+    for name in ("prompts", "prompt_tokens", "users", "conversations", "turns", "concurrency"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(shape, name))
+    args.concurrency = args.concurrency or None
+    return args
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", action="append", type=Path,
+                   help="start the replicas from these config files (default configs/cpu.yaml)")
+    p.add_argument("--url", help="run once against this running pool instead")
+    p.add_argument("--replica-url", action="append", default=[],
+                   help="with --url: a replica whose vllm: metrics to read (repeatable)")
+    p.add_argument("--key", default="", help="with --url: API key, if the pool wants one")
+    p.add_argument("--worker", default="chat", help="the config's chat worker")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--engines", default="vllm-router,smg")
+    p.add_argument("--policies", default="cache_aware,round_robin")
+    p.add_argument("--variant", action="append", default=[],
+                   metavar="NAME=ENGINE:POLICY[:FIELD=V,...]",
+                   help="instead of --engines x --policies: a router and its routing fields "
+                   "(repeatable), e.g. abs4=smg:cache_aware:balance_abs_threshold=4")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per variant")
+    p.add_argument("--workload", choices=sorted(SHAPES), default="A",
+                   help="a named shape (docs/benchmarks.md); the flags below override it")
+    p.add_argument("--prompts", type=int, help="shared system prompts")
+    p.add_argument("--prompt-tokens", type=int, help="about, per system prompt")
+    p.add_argument("--users", type=int, help="users, each through their conversations")
+    p.add_argument("--conversations", type=int, help="per user, one after another")
+    p.add_argument("--turns", type=int, help="per conversation")
+    p.add_argument("--concurrency", type=int, help="requests in flight at most (0: all users)")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-threshold", type=float)
+    p.add_argument("--balance-abs-threshold", type=int)
+    p.add_argument("--balance-rel-threshold", type=float)
+    p.add_argument("--health-check-interval", type=float)
+    p.add_argument("--stack", action="store_true",
+                   help="each variant through `serving up` with `replicas` (no kill test)")
+    p.add_argument("--kill", action="store_true", help="then the kill test, for each engine")
+    p.add_argument("--breaker", type=int,
+                   help="routers' circuit breaker: failures before a worker is skipped")
+    p.add_argument("--kill-after", type=float, default=20.0, help="seconds into the kill run")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--plot", type=Path, help="also plot the results to this PNG")
+    args = with_shape(p.parse_args())
+    # SIGTERM (a background run stopped) unwinds like Ctrl-C, so the replicas are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    if args.url:
+        results = [measure("pool", args.url, args.replica_url, args, args.key)]
+        kill = ""
+    else:
+        configs = args.config or [Path(__file__).parents[1] / "configs/cpu.yaml"]
+        config = load_config(configs)
+        overrides = {k: v for k, v in {
+            "cache_threshold": args.cache_threshold,
+            "balance_abs_threshold": args.balance_abs_threshold,
+            "balance_rel_threshold": args.balance_rel_threshold,
+            "health_check_interval_s": args.health_check_interval}.items() if v is not None}
+        routing = config.workers[args.worker].routing.model_copy(update=overrides)
+        print(f"routing: {routing}", file=sys.stderr)
+        workdir = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
+        print(f"{args.replicas} replicas, logs in {workdir}", file=sys.stderr)
+        variants = parse_variants(args, routing)
+        if args.stack:
+            results, kill = run_variants(args, variants, stack_pool(args, configs, workdir)), ""
+        else:
+            results, kill = run_local(args, config, variants, routing, workdir)
+
+    report(args, results, kill)
     return 0
 
 

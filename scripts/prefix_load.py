@@ -21,6 +21,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from bench_chat import pct  # scripts/ is on the path when a script runs
@@ -68,6 +69,31 @@ class Workload:
     @property
     def requests(self) -> int:
         return sum(len(q) for convs in self.users for _, q in convs)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A named workload of docs/benchmarks.md: what it sends, and at what concurrency."""
+
+    prompts: int
+    prompt_tokens: int
+    users: int
+    conversations: int
+    turns: int
+    concurrency: int | None = None  # None: every user at once
+    note: str = ""
+
+
+SHAPES = {
+    "A": Shape(4, 1500, 8, 2, 6, note="the shape a pool is for: shared system prompts, "
+               "8 users at once"),
+    "C": Shape(8, 2000, 8, 2, 4, note="a working set past one replica's cache (run the "
+               "replicas with kv_cache_memory_bytes: 256M)"),
+    "D": Shape(4, 4000, 8, 1, 3, concurrency=1,
+               note="one request at a time, 8 users x 3 turns, a working set of ~1.4x one "
+               "replica's cache (run the replicas with kv_cache_memory_bytes: 256M, "
+               "~11.6k tokens)"),
+}
 
 
 def build_workload(*, prompts: int, prompt_tokens: int, users: int, conversations: int,
@@ -146,11 +172,40 @@ async def one_turn(client: httpx.AsyncClient, model: str, messages: list[dict],
     return "".join(answer)
 
 
+class Turnstile:
+    """At most `slots` requests in flight; a freed slot goes to one of the users waiting,
+    drawn at random (seeded), as independent users' requests arrive. In a fixed rotation
+    an even number of users would each land on the same replica under round robin too."""
+
+    def __init__(self, slots: int, seed: int = 0) -> None:
+        self.free = slots
+        self.waiting: list[asyncio.Future[None]] = []
+        self.rng = random.Random(seed)
+
+    async def __aenter__(self) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        ticket = asyncio.get_running_loop().create_future()
+        self.waiting.append(ticket)
+        await ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.waiting:
+            self.waiting.pop(self.rng.randrange(len(self.waiting))).set_result(None)
+        else:
+            self.free += 1
+
+
 async def run_workload(url: str, model: str, workload: Workload, key: str = "",
-                       timeout_s: float = 120) -> list[Turn]:
-    """Every user at once, each through their conversations in order. A failed turn leaves
-    its question out of the history (no answer to append) and the conversation goes on."""
+                       timeout_s: float = 120, concurrency: int | None = None) -> list[Turn]:
+    """Every user at once, each through their conversations in order; with `concurrency`,
+    at most that many requests in flight, each freed slot going to a waiting user drawn at
+    random (at 1: light traffic, where nothing but the router's placement spreads the
+    load). A failed turn leaves its question out of the history (no answer to append) and
+    the conversation goes on."""
     turns: list[Turn] = []
+    gate = Turnstile(concurrency or len(workload.users))
     limits = httpx.Limits(max_connections=len(workload.users),
                           max_keepalive_connections=len(workload.users))
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -161,10 +216,12 @@ async def run_workload(url: str, model: str, workload: Workload, key: str = "",
             for prompt, questions in workload.users[u]:
                 messages = [{"role": "system", "content": workload.prompts[prompt]}]
                 for question in questions:
-                    turn = Turn(u, time.monotonic())
-                    turns.append(turn)
                     asked = [*messages, {"role": "user", "content": question}]
-                    answer = await one_turn(client, model, asked, workload.max_tokens, turn)
+                    async with gate:
+                        turn = Turn(u, time.monotonic())
+                        turns.append(turn)
+                        answer = await one_turn(client, model, asked, workload.max_tokens,
+                                                turn)
                     if answer is not None:
                         messages = [*asked, {"role": "assistant", "content": answer}]
 
@@ -271,3 +328,31 @@ def table(rows: list[Summary]) -> str:
                      f"{s.usage_hit_rate:>10.3f}{s.ttft(50) * 1e3:>8.0f}ms"
                      f"{s.ttft(99) * 1e3:>8.0f}ms{s.tps:>10.1f}  {share}")
     return "\n".join(lines)
+
+
+def plot_png(rows: list[Summary], path: Path, title: str) -> None:
+    """Hit rate, TTFT p50 and requests per replica of each variant, side by side (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [s.label for s in rows]
+    fig, (hit, ttft, split) = plt.subplots(1, 3, figsize=(13, 3.6))
+    hit.barh(labels, [s.vllm_hit_rate for s in rows])
+    hit.set_xlim(0, 1)
+    hit.set_title("prefix-cache hit rate (vLLM)")
+    ttft.barh(labels, [s.ttft(50) * 1e3 for s in rows])
+    ttft.set_title("TTFT p50 (ms)")
+    ttft.set_yticks([])
+    left = [0.0] * len(rows)
+    for r in range(max((len(s.per_replica) for s in rows), default=0)):
+        counts = [float((s.per_replica[r:r + 1] or [0])[0] or 0) for s in rows]
+        split.barh(labels, counts, left=left, label=f"replica {r}")
+        left = [a + b for a, b in zip(left, counts, strict=True)]
+    split.set_title("requests per replica")
+    split.set_yticks([])
+    split.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

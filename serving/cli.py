@@ -88,6 +88,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(config, args.name, args.host, port)
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    from serving.launcher.drain import drain
+
+    outcome = drain(args.url, args.timeout, settle_s=args.settle)
+    print(f"serving drain: {args.url}: {outcome}", flush=True)
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from serving.weights.prepare import prepare_all
 
@@ -260,6 +268,15 @@ def _serving_commands(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--port", type=int,
                         help="port (default: workers.NAME.port, else 8001)")
     worker.set_defaults(func=cmd_worker)
+
+    drain = sub.add_parser(
+        "drain", help="wait until a worker holds no request (a pod's preStop hook)")
+    drain.add_argument("--url", default="http://127.0.0.1:8000", help="the worker's URL")
+    drain.add_argument("--timeout", type=float, required=True,
+                       help="seconds to wait at most (the worker's drain_timeout_s)")
+    drain.add_argument("--settle", type=float, default=5.0,
+                       help="seconds to wait at least, for requests already sent to arrive")
+    drain.set_defaults(func=cmd_drain)
 
 
 

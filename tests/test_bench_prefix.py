@@ -4,15 +4,17 @@ the pool router command lines it starts (the measurements themselves need real r
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 from chat_pool import router_argv
-from prefix_load import Summary, Turn, build_workload, cached_tokens, delta, scrape
+from prefix_load import SHAPES, Summary, Turn, build_workload, cached_tokens, delta, scrape
 
 from serving.config.deployment import Routing
+from tests.support.wait import wait_until
 
 METRICS = """\
 # HELP vllm:prefix_cache_queries Prefix cache queries.
@@ -85,3 +87,75 @@ def test_router_argv_carries_the_routing_config(engine: str):
     assert "--health-check-interval-secs 2" in joined and "--cb-failure-threshold 2" in joined
     assert ("--model-path /m" in joined) == (engine == "smg")
     assert Path(argv[0]).name == ("vllm-router" if engine == "vllm-router" else "smg")
+
+
+def test_workload_d_is_light_traffic_over_a_working_set_past_one_cache():
+    """Workload D: one request at a time, 8 users x 3 turns, 4 system prompts of ~4,000 tokens
+    (~16k, ~1.4x the 11.6k tokens of a 256 MiB CPU replica cache)."""
+    d = SHAPES["D"]
+    assert d.concurrency == 1
+    w = build_workload(prompts=d.prompts, prompt_tokens=d.prompt_tokens, users=d.users,
+                       conversations=d.conversations, turns=d.turns, max_tokens=8, nonce="n")
+    assert w.requests == 24
+    assert 1.2 < d.prompts * d.prompt_tokens / 11_600 < 1.6
+    assert SHAPES["A"].concurrency is None and SHAPES["C"].concurrency is None
+
+
+def test_run_workload_keeps_to_its_concurrency_and_interleaves_users():
+    """A real HTTP server (uvicorn) answering streams; the client never has more requests in
+    flight than `concurrency`, and at 1 a freed slot goes to another user."""
+    import asyncio
+    import json
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+    from prefix_load import run_workload
+
+    app, state = FastAPI(), {"now": 0, "most": 0, "order": []}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict) -> StreamingResponse:
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        state["order"].append(body["messages"][0]["content"])
+
+        async def events():
+            await asyncio.sleep(0.01)
+            state["now"] -= 1
+            chunk = {"choices": [{"index": 0, "delta": {"content": "ok"}}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+            usage = {"prompt_tokens": 10, "completion_tokens": 1,
+                     "prompt_tokens_details": {"cached_tokens": 0}}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, "the test server to start", timeout_s=30)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        w = build_workload(prompts=4, prompt_tokens=20, users=4, conversations=1, turns=2,
+                           max_tokens=4, nonce="x")
+        turns = asyncio.run(run_workload(f"http://127.0.0.1:{port}", "m", w, concurrency=1))
+        assert len(turns) == 8 and all(t.ok for t in turns), [t.error for t in turns]
+        assert state["most"] == 1
+        # Each user's turns in order, the users mixed: not one user's turns back to back.
+        assert all(a.user != b.user for a, b in itertools.pairwise(turns[:5]))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_plot_png_writes_an_image(tmp_path: Path):
+    from prefix_load import plot_png
+
+    turns = [Turn(0, 0.0, 1.0, 0.2, True, "", 1000, 900, 10)]
+    rows = [Summary("smg cache_aware", turns, 1.0, [{"queries": 10.0, "hits": 8.0,
+                                                     "requests": 3.0}, None])]
+    plot_png(rows, tmp_path / "p.png", "workload D")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Replicas through the real stack: two vLLM CPU replicas of the chat model behind vllm-router
+"""Replicas through the real stack: two vLLM CPU replicas of the chat model behind smg
 (the pool router `serving up` starts), two image replicas spread by the router itself.
 
 One stack for the module, with every other worker off. The tests that kill a replica run last.
@@ -8,10 +8,13 @@ replica marked down) with a generous deadline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import threading
@@ -22,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from prefix_load import SHAPES, Summary, build_workload, delta, run_workload, scrape
 
 from serving.config import load_config
 from serving.config.deployment import Routing
@@ -41,7 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 OVERLAY = """
 workers:
-  chat: {replicas: 2, routing: {health_check_interval_s: 1}}
+  # A 256 MiB KV cache a replica (~11.6k tokens): workload D's prompts (~16k tokens) fit two
+  # replicas, not one.
+  chat: {replicas: 2, routing: {health_check_interval_s: 1},
+         engine_args: {kv_cache_memory_bytes: 256M}}
   images: {replicas: 2, routing: {health_check_interval_s: 0.5}}
   videos: {enabled: false}
   speech: {enabled: false}
@@ -127,8 +134,9 @@ def test_every_replica_is_listed_and_ready(pool):
 
 
 def test_requests_spread_over_both_chat_replicas(pool, clients):
-    """A prompt no replica has cached goes to the least loaded one: while one replica runs a
-    long generation, the next request goes to the other."""
+    """A prompt no replica has cached goes to the replica holding the least (smg, the
+    default): while one replica runs a long generation, the next request goes to the
+    other, whose cache is empty."""
     client, _ = clients
     urls = replica_urls(pool)
     wait_for(lambda: sum(running(u) for u in urls) == 0, "the replicas to be idle")
@@ -229,18 +237,21 @@ def test_metrics_label_each_replica(pool):
                    f'replica="{replica}"' in line and 'worker="chat"' in line
                    for line in text.splitlines())
     assert 'serving_worker_up{worker="chat"} 1.0' in text
-    # vllm-router's own metrics, each replica (which it names by URL) by its index.
+    # The pool router's own metrics (smg, the default engine), each replica (which it names
+    # by URL) by its index: its health and the requests the router sent it.
     lines = text.splitlines()
     for replica in ("0", "1"):
-        assert any(line.startswith("vllm_router_worker_health{") and 'worker="chat"' in line
-                   and f'replica="{replica}"' in line for line in lines), text[-3000:]
+        for family in ("smg_worker_health{", "smg_worker_requests_total{"):
+            assert any(line.startswith(family) and 'worker="chat"' in line
+                       and f'replica="{replica}"' in line for line in lines), text[-3000:]
 
 
-def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
-    """`routing.engine: smg`: the pool router the launcher would start, over the same two
-    replicas, passes vLLM's streamed usage and the cache salt through."""
+@contextlib.contextmanager
+def pool_router_beside(pool: BackgroundStack, routing: Routing) -> Iterator[str]:
+    """The pool router the launcher would start for `routing`, over the stack's two chat
+    replicas, on a port of its own; yields its base URL once it answers."""
     config = load_config([ROOT / "configs" / "cpu.yaml", pool.log.parent / "pools.yaml"])
-    chat = config.workers["chat"].model_copy(update={"routing": Routing(engine="smg")})
+    chat = config.workers["chat"].model_copy(update={"routing": routing})
     spec = pool_router_spec("chat", chat, lambda: replica_urls(pool))
     port = free_port()
     process = subprocess.Popen(spec.command(port), stdout=subprocess.DEVNULL,
@@ -254,7 +265,17 @@ def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
             except httpx.TransportError:
                 return False
 
-        wait_for(answers, "smg to answer", timeout_s=120)
+        wait_for(answers, f"{routing.engine} to answer", timeout_s=120)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
+    """`routing.engine: smg`: the pool router the launcher would start, over the same two
+    replicas, passes vLLM's streamed usage and the cache salt through."""
+    with pool_router_beside(pool, Routing(engine="smg")) as base:
         prompt = distinct_prompt(4000 + int(time.time()))
 
         def cached(salt: str) -> int:
@@ -272,9 +293,39 @@ def test_smg_serves_the_same_pool_with_the_launchers_command(pool):
         wait_for(lambda: cached("a") > 0, "the salt's second request to read its cache",
                  timeout_s=120)
         assert cached("b") == 0  # another salt: not a's cache
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+
+
+def workload_d(pool: BackgroundStack, url: str, key: str = "") -> tuple[float, list[float]]:
+    """Workload D of scripts/bench_prefix.py (one request at a time, 8 users x 3 turns, a
+    working set of ~1.4x one replica's cache) through `url`, with fresh system prompts: the
+    hit rate from the replicas' vLLM counters, and the requests each replica finished."""
+    urls = replica_urls(pool)
+    shape = SHAPES["D"]
+    work = build_workload(prompts=shape.prompts, prompt_tokens=shape.prompt_tokens,
+                          users=shape.users, conversations=shape.conversations,
+                          turns=shape.turns, max_tokens=8, nonce=secrets.token_hex(4))
+    before = scrape(urls)
+    turns = asyncio.run(run_workload(url, CHAT_MODEL, work, key, timeout_s=600,
+                                     concurrency=shape.concurrency))
+    assert all(t.ok for t in turns), [t.error for t in turns if not t.ok]
+    counters = delta(before, scrape(urls))
+    summary = Summary("d", turns, 1.0, [counters[u] for u in urls])
+    return summary.vllm_hit_rate, [float(n or 0) for n in summary.per_replica]
+
+
+def test_light_traffic_fills_both_replicas_and_beats_round_robin(pool):
+    """Workload D on the shipped routing defaults (through the stack) and on round robin
+    (smg beside it, same replicas), one after the other in this run: cache-aware routing
+    places the distinct prefixes on both replicas and keeps each sticky, so it serves from
+    both and reads more of its prompts from cache than round robin, which makes every
+    replica hold every prefix (more than one cache holds)."""
+    urls = replica_urls(pool)
+    wait_for(lambda: sum(running(u) for u in urls) == 0, "the replicas to be idle")
+    hit_rate, served = workload_d(pool, pool.base_url, pool.key)
+    with pool_router_beside(pool, Routing(policy="round_robin")) as base:
+        round_robin, _ = workload_d(pool, base)
+    assert all(n > 0 for n in served), served
+    assert hit_rate > round_robin, (hit_rate, round_robin, served)
 
 
 def kill(pid: int, url: str) -> None:
@@ -334,7 +385,7 @@ def test_a_chat_replica_that_dies_ends_its_streams_cleanly_and_the_other_serves(
     assert len(errors) == 1 and errors[0]["error"]["code"] == "worker_unavailable"
     assert not any(line == "data: [DONE]" for line in rest)
     thread.join()
-    # vllm-router sends a plain request that failed on its replica to another one, when it
+    # The pool router sends a plain request that failed on its replica to another one, when it
     # notices in time; otherwise it answers 500, which the client gets as a clean 502 envelope.
     answer = plain["response"]
     if answer.status_code == 200:

@@ -273,6 +273,22 @@ def test_an_error_event_mid_stream_is_the_workers_failure_not_a_contract_break(
     assert m.usage == normalize_usage(running_usage(second))
 
 
+def test_a_pool_routers_broken_stream_event_is_a_worker_that_stopped(stream: bytes):
+    """smg's own event when the replica behind it stopped mid-stream reaches the client as a
+    broken connection to a worker does: 502 `worker_unavailable` and no `[DONE]`, metered to
+    the token."""
+    error = (b'data: {"error": {"message": "Stream error: error decoding response body", "type": '
+             b'"' + contract.POOL_STREAM_BROKEN_TYPE.encode() + b'", "code": null}}')
+    first, second, *_ = events(stream)
+    out, m = relay(sse([first, second, error, contract.DONE]))  # smg ends it with [DONE]
+    assert contract.DONE not in events(out)  # a broken stream, as without a pool router
+    (relayed,) = [parse(e) for e in events(out) if b'"error"' in e]
+    assert relayed["error"]["code"] == "worker_unavailable"
+    assert relayed["error"]["type"] == "server_error"
+    assert m.incomplete and m.status_override == 502
+    assert m.usage == normalize_usage(running_usage(second))
+
+
 def test_the_closing_usage_event_carries_no_vllm_only_field(stream: bytes):
     """What vLLM adds to its closing usage event with some features on (per-request metrics,
     a fingerprint) does not reach the client."""

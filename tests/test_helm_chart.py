@@ -258,7 +258,7 @@ def test_worker_pods_probe_health_and_cache_models_on_a_volume():
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
         # A deleted pod drains before it stops, within its grace period.
-        drain = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+        drain = prestop_drain(c)
         assert 0 < drain < pod["terminationGracePeriodSeconds"]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["SERVING_CACHE_DIR"] == "/var/cache/serving"
@@ -282,7 +282,7 @@ def test_fleet_runs_a_chat_pool_behind_its_pool_router(tmp_path: Path):
 
     pool = find(manifests, "Deployment", "serving-pool-chat")
     command, args = pool_router_args(pool)
-    assert command == ["vllm-router"]
+    assert command == ["smg", "launch"]
     assert args.policy == "cache_aware"
     assert args.service_discovery and args.service_discovery_port == 8000
     assert args.service_discovery_namespace == NAMESPACE
@@ -342,7 +342,7 @@ def test_pool_router_defaults_are_the_configs_routing_defaults():
     manifests = render_values(values)
     command, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
     routing = Routing()
-    assert command == ["vllm-router"] and routing.engine == "vllm-router"
+    assert command == ["smg", "launch"] and routing.engine == "smg"
     assert args.policy == routing.policy
     assert args.cache_threshold == routing.cache_threshold
     assert args.balance_abs_threshold == routing.balance_abs_threshold
@@ -364,6 +364,22 @@ def test_pool_routing_settings_reach_the_engine():
     assert args.balance_rel_threshold == 2.5
     # The engines take whole seconds; the chart rounds up, never to 0.
     assert args.health_check_interval_secs == 1
+
+
+@pytest.mark.parametrize("engine", ["smg", "vllm-router"])
+def test_either_pool_router_follows_the_pools_pods(engine: str):
+    """Service discovery, as the engine's own parser reads the chart's arguments: the pool's
+    ready pods in the release's namespace, on the worker's port (each engine adds a pod when it
+    is ready and drops it once it is marked for deletion)."""
+    manifests = render("values-fleet.yaml", {"config": {"workers": {"chat": {
+        "routing": {"engine": engine}}}}})
+    command, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
+    assert command[0] == engine
+    assert args.service_discovery
+    assert (args.service_discovery_namespace, args.service_discovery_port) == (NAMESPACE, 8000)
+    chat = find(manifests, "Deployment", "serving-worker-chat")
+    assert args.selector.items() <= chat["spec"]["template"]["metadata"]["labels"].items()
+    assert container(chat)["ports"][0]["containerPort"] == 8000
 
 
 def test_router_runs_serving_router_with_its_config_and_probes():
@@ -507,6 +523,8 @@ def test_the_schema_knows_every_config_field_and_no_other():
     ({"database": {"dev": {"enabled": True}}}, "not both"),
     ({"config": {"workers": {"images": {"gpus": [1]}}}}, "config.workers.images.gpus: GPU 1"),
     ({"config": {"workers": {"speech": {"gpus": [0]}}}}, "config.workers.speech.gpus: GPU 0"),
+    ({"workers": {"chat": {"terminationGracePeriodSeconds": 60}}},
+     "workers.chat.terminationGracePeriodSeconds: 60, but the pod may drain for 120 s"),
 ])
 def test_values_that_cannot_work_fail_with_what_to_change(overrides: dict, message: str):
     with pytest.raises(helm.HelmError, match=message):
@@ -595,3 +613,111 @@ def test_the_grafana_dashboard_ships_for_the_sidecar_as_it_is_in_the_chart():
         "namespace": "monitoring"}}))
     assert moved["metadata"]["labels"]["grafana_dashboard"] == "serving"
     assert moved["metadata"]["namespace"] == "monitoring"
+
+
+# The ScaledObject fields the chart may set, from KEDA's documentation (keda.sh/docs/2.16,
+# "Scaling Deployments": ScaledObject spec; "Prometheus" scaler: trigger metadata).
+KEDA_SPEC_FIELDS = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
+                    "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback",
+                    "advanced", "triggers"}
+KEDA_TRIGGER_FIELDS = {"type", "name", "metadata", "metricType", "useCachedMetrics",
+                       "authenticationRef"}
+KEDA_PROMETHEUS_METADATA = {"serverAddress", "query", "threshold", "activationThreshold",
+                            "namespace", "customHeaders", "ignoreNullValues", "queryParameters",
+                            "unsafeSsl", "timeout"}
+
+
+def keda_values(overrides: dict | None = None) -> list[Manifest]:
+    return render("values-fleet.yaml", {"workerDefaults": {"autoscaling": {
+        "mode": "keda", "minReplicas": 1, "maxReplicas": 6, **(overrides or {})}}})
+
+
+def test_keda_scales_each_worker_on_its_own_signal():
+    manifests = keda_values()
+    scaled = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "ScaledObject"}
+    workers = names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}
+    assert set(scaled) == set(workers) and scaled
+    for name, obj in scaled.items():
+        spec = obj["spec"]
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        assert set(spec) <= KEDA_SPEC_FIELDS
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": name}
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
+        # KEDA owns the replica count: the Deployment sets none (it would fight the HPA).
+        assert "replicas" not in find(manifests, "Deployment", name)["spec"]
+        for trigger in spec["triggers"]:
+            assert set(trigger) <= KEDA_TRIGGER_FIELDS and trigger["type"] == "prometheus"
+            assert set(trigger["metadata"]) <= KEDA_PROMETHEUS_METADATA
+            assert all(isinstance(v, str) for v in trigger["metadata"].values())
+            float(trigger["metadata"]["threshold"])
+    chat = {t["name"]: t for t in scaled["serving-worker-chat"]["spec"]["triggers"]}
+    assert set(chat) == {"queue", "kv-cache"}
+    assert chat["queue"]["metadata"]["query"].startswith("sum(vllm:num_requests_waiting{")
+    assert chat["queue"]["metricType"] == "AverageValue"  # per replica
+    assert 'pod=~"serving-worker-chat-.*"' in chat["queue"]["metadata"]["query"]
+    assert chat["kv-cache"]["metadata"]["query"].startswith("avg(vllm:kv_cache_usage_perc{")
+    media = [m for n, m in scaled.items() if n != "serving-worker-chat"]
+    for obj in media:
+        (trigger,) = obj["spec"]["triggers"]
+        assert trigger["name"] == "in-flight"
+        assert trigger["metadata"]["query"].startswith("sum(serving_requests_in_flight{")
+    # A chat worker that may grow past one replica gets its pool router, which follows pods.
+    _, args = pool_router_args(find(manifests, "Deployment", "serving-pool-chat"))
+    assert args.service_discovery
+    # Everything else is still strictly valid Kubernetes.
+    for manifest in manifests:
+        if manifest["kind"] != "ScaledObject":
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+
+def prestop_drain(worker: dict[str, Any]) -> int:
+    """The drain time of a worker container's preStop hook, which must be `serving drain`
+    on the worker's own port as the CLI parses it."""
+    from serving.cli import parser
+
+    command = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "serving" and all(isinstance(a, str) for a in command)
+    args = parser().parse_args(command[1:])
+    assert args.func.__name__ == "cmd_drain" and args.url == "http://127.0.0.1:8000"
+    assert worker["ports"][0]["containerPort"] == 8000
+    return int(args.timeout)
+
+
+def worker_stop(manifests: list[Manifest], name: str) -> tuple[int, int]:
+    """A worker Deployment's (preStop drain, terminationGracePeriodSeconds)."""
+    spec = find(manifests, "Deployment", name)["spec"]["template"]["spec"]
+    (worker,) = spec["containers"]
+    return prestop_drain(worker), spec["terminationGracePeriodSeconds"]
+
+
+def test_scale_down_drains_before_a_pod_stops():
+    """By default a pod drains for its worker's drain_timeout_s (the time a reload gives it)
+    and the grace period adds a margin for vLLM's own shutdown."""
+    manifests = keda_values()
+    workers = names(manifests, "Deployment") - {"serving-router", "serving-pool-chat"}
+    default = WorkerConfig.model_fields["drain_timeout_s"].default
+    for name in workers:
+        drain, grace = worker_stop(manifests, name)
+        assert drain == default and grace == drain + 30
+
+
+def test_the_drain_follows_the_configs_drain_timeout(tmp_path: Path):
+    manifests = render("values-fleet.yaml", {
+        "config": {"workers": {"chat": {"drain_timeout_s": 600.5}}},
+        "workers": {"images": {"drainSeconds": 10, "terminationGracePeriodSeconds": 20},
+                    "speech": {"drainSeconds": 0}}})
+    assert worker_stop(manifests, "serving-worker-chat") == (601, 631)
+    assert worker_stop(manifests, "serving-worker-images") == (10, 20)
+    speech = container(find(manifests, "Deployment", "serving-worker-speech"))
+    assert "lifecycle" not in speech  # drainSeconds 0: no hook
+    config = load_config([rendered_config(manifests, tmp_path)])
+    assert config.workers["chat"].drain_timeout_s == 600.5
+
+
+def test_no_autoscaler_unless_asked():
+    manifests = render("values-fleet.yaml")
+    assert not [m for m in manifests if m["kind"] == "ScaledObject"]
+    workers = [m for m in manifests if m["kind"] == "Deployment"
+               and m["metadata"]["name"].startswith("serving-worker-")]
+    assert workers and all("replicas" in m["spec"] for m in workers)

@@ -286,10 +286,10 @@ workers:
     assert "--enable-scale-out" not in specs_of(config_with(tmp_path, "device: cpu"))["chat"].argv
     assert isinstance(router, PoolRouterSpec)
     command = router.command(8100)
-    assert Path(command[0]).name == "vllm-router"
+    assert Path(command[0]).name == "smg" and command[1] == "launch"  # the default engine
     joined = " ".join(command)
     for flag in ("--host 127.0.0.1", "--port 8100", "--policy round_robin",
-                 "--cache-threshold 0.5", "--balance-abs-threshold 32",
+                 "--cache-threshold 0.5", "--balance-abs-threshold 2",
                  "--balance-rel-threshold 1.5", "--health-check-interval-secs 1"):
         assert flag in joined
     assert command[command.index("--prometheus-port") + 1] != "29000"

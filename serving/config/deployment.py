@@ -268,22 +268,27 @@ class Routing(Strict):
         description="cache_aware: to the replica holding the longest prefix of the prompt "
         "in its KV cache, unless the load is unbalanced.")
     engine: Literal["vllm-router", "smg"] = Field(
-        default="vllm-router",
-        description="Which cache-aware router runs in front of the chat pool: `vllm-router` "
-        "or `smg` (both installed); docs/benchmarks.md compares them.")
+        default="smg",
+        description="Which cache-aware router runs in front of the chat pool (both are "
+        "installed). `smg` sends a prompt no replica holds to the replica with the least "
+        "cached text, so even one request at a time fills every replica; `vllm-router` sends "
+        "it to the least loaded one, which in an idle pool is always the first. "
+        "docs/benchmarks.md compares them.")
     cache_threshold: float = Field(
         default=0.5, ge=0, le=1,
         description="Least prefix match (share of the prompt) that routes by cache; below "
         "it the least loaded replica gets the request.")
     balance_abs_threshold: int = Field(
-        default=32, ge=0,
+        default=2, ge=0,
         description="The load is unbalanced (and cache_aware sends to the least loaded "
-        "replica) when the busiest replica has this many more requests than the idlest and "
-        "`balance_rel_threshold` times as many; lower it to favour balance over cache hits.")
+        "replica) when a replica has this many more requests in flight than the pool's mean "
+        "(smg) or than the idlest replica (vllm-router), and `balance_rel_threshold` times as "
+        "many; lower it to favour balance over cache hits.")
     balance_rel_threshold: float = Field(
         default=1.5, ge=1,
-        description="With `balance_abs_threshold`: how many times the idlest replica's "
-        "requests the busiest must have for the load to count as unbalanced.")
+        description="With `balance_abs_threshold`: how many times the mean's (smg) or the "
+        "idlest replica's (vllm-router) requests in flight a replica must have for the load "
+        "to count as unbalanced.")
     health_check_interval_s: float = Field(
         default=2.0, gt=0, description="A replica failing its health check leaves the pool "
         "until it passes again.")
@@ -337,7 +342,9 @@ class WorkerConfig(Strict):
     drain_timeout_s: float = Field(
         default=120.0, ge=0,
         description="On a reload that removes or replaces this worker: how long its requests "
-        "in flight (streams, renders) get to finish before its processes stop.")
+        "in flight (streams, renders) get to finish before its processes stop. The Helm "
+        "chart gives a deleted pod the same time (its preStop drain; its grace period is this "
+        "plus a margin).")
     reload_strategy: Literal["auto", "blue_green", "drain_first"] = Field(
         default="auto",
         description="How a reload replaces this worker when its model or engine args change. "

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import httpx
 
 from serving.config import Config
+from serving.launcher.drain import requests_held
 from serving.launcher.order import process_order
 from serving.launcher.runtime_file import StackInfo, write_runtime
 from serving.launcher.supervisor import Supervisor
@@ -31,7 +31,6 @@ PLACEHOLDER = Path("/model-to-prepare")  # a changed model's folder, before it i
 # Routers that follow the runtime file (the extra router processes, `serving router
 # --workers-from`) move to the new workers within a second of it changing.
 FOLLOWERS_S = 3.0
-_BUSY = re.compile(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
 async def vllm_idle(supervisors: Iterable[Supervisor]) -> bool:
@@ -45,7 +44,7 @@ async def vllm_idle(supervisors: Iterable[Supervisor]) -> bool:
                 text = (await http.get(f"{s.url}/metrics")).text
             except httpx.HTTPError:
                 continue  # not answering: nothing to wait for
-            if any(float(v) > 0 for v in _BUSY.findall(text)):
+            if (requests_held(text) or 0) > 0:
                 return False
     return True
 

@@ -156,7 +156,7 @@ class RouterMetrics:
         """The router's metrics, then the vLLM workers' own (named `vllm:...`, so they cannot
         clash with ours), merged into one family per metric with a `worker` label, and a
         `replica` label for each replica of a pool (scraped one by one, not through its pool
-        router); then a chat pool router's own (`vllm_router_...`), where the replica its
+        router); then a chat pool router's own (`smg_...`, `vllm_router_...`), where the replica its
         samples name by URL becomes the `replica` label."""
 
         async def probe(name: str, worker: Worker) -> dict[str, str]:

@@ -37,6 +37,12 @@ ROUTER_FLAGS: tuple[str, ...] = (
     "--enable-force-include-usage",
 )
 
+# A chat pool's router that loses its replica mid-stream (smg 1.13.0: the connection to the
+# replica broke) ends the stream with an error event of its own, of this `type` and a null
+# `code`. vLLM's own error events name an exception class as `type` (and the HTTP status as
+# `code`), so this one means the worker stopped, as a broken connection does without a pool.
+POOL_STREAM_BROKEN_TYPE = "stream_error"
+
 # Streaming request options the router sends instead of the client's. `continuous_usage_stats`
 # is vLLM's own: usage on every chunk, so a stream the client drops is metered to the token.
 # Without it only the closing event has usage and a dropped stream is metered as zero.

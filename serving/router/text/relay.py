@@ -33,6 +33,12 @@ log = logging.getLogger("serving.router")
 # spec wants an object or array there, or nothing.
 _NULLABLE = frozenset({"content", "refusal", "logprobs", "finish_reason"})
 
+# How a stream ends when its worker stopped mid-way (the connection broke, here or behind the
+# chat pool's router).
+_WORKER_STOPPED = OpenAIError(502, "The model worker stopped mid-stream.",
+                              code="worker_unavailable")
+_STOPPED_EVENT = sse_event(_WORKER_STOPPED.body()).removesuffix(b"\n\n")
+
 
 def clean(obj: Any) -> Any:
     if isinstance(obj, dict):
@@ -101,13 +107,17 @@ async def _relay_stream(
     finished = False  # the closing usage event was metered
     ended = False  # the worker ended the stream (the client did not leave, the link held)
     broken: str | None = None  # how the stream broke the vLLM contract, if it did
+    stopped = False  # the pool router said the worker stopped: a broken stream, no [DONE]
     try:
         async for events in read_events(response.aiter_raw()):
             out = []
             for event in events:
+                if stopped and event == contract.DONE:
+                    continue
                 span = _usage_span(event)
                 if span is None and event != contract.DONE:
                     event, problem = _unmarked(event, m)
+                    stopped = stopped or event == _STOPPED_EVENT
                     if problem:
                         broken = broken or _contract_broken(problem, event)
                         span = _usage_span(event)
@@ -129,8 +139,7 @@ async def _relay_stream(
         # Headers are sent; the best left is to end the stream with an error event.
         log.warning("worker stream broke: %s", e)
         m.status_override = 502
-        yield sse_event(OpenAIError(502, "The model worker stopped mid-stream.",
-                                    code="worker_unavailable").body())
+        yield sse_event(_WORKER_STOPPED.body())
     finally:
         if not finished:
             _unfinished(m, ended, last_usage, caching, broken)
@@ -161,8 +170,12 @@ def _unmarked(event: bytes, m: Meter) -> tuple[bytes, str | None]:
 
 def _error_event(error: Any) -> bytes:
     """vLLM's own mid-stream error event, in OpenAI's envelope: vLLM's `code` is the HTTP
-    status as a number, where OpenAI's is a string or null."""
+    status as a number, where OpenAI's is a string or null. A pool router's event for a
+    replica that stopped mid-stream is told as the router tells a worker that stopped."""
     error = error if isinstance(error, dict) else {"message": str(error)}
+    if error.get("type") == contract.POOL_STREAM_BROKEN_TYPE:
+        log.warning("worker stream broke behind the pool router: %s", error.get("message"))
+        return _STOPPED_EVENT
     envelope = OpenAIError(502, str(error.get("message") or "The model worker failed."))
     if isinstance(error.get("type"), str):
         envelope.type = error["type"]

@@ -71,11 +71,35 @@ replacing the default's whole (so `nodeSelector: {}` clears a default selector).
 {{- toYaml $out }}
 {{- end }}
 
-{{/* Whether a worker is a chat pool: a chat worker with more than one replica, fronted by a
-pool router. Call with (list $ NAME); prints "true" or nothing. */}}
+{{/* How a worker's pod stops: `drain`, the seconds its preStop hook may wait for its requests
+(workers.NAME.drainSeconds, else the config's drain_timeout_s, the time a reload gives it,
+else WorkerConfig's default 120), and `grace`, its terminationGracePeriodSeconds (set, else the
+drain plus shutdownMarginSeconds for vLLM's own shutdown). Call with (list $ NAME). */}}
+{{- define "serving.workerStop" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $w := include "serving.workerValues" . | fromYaml }}
+{{- $drain := $w.drainSeconds }}
+{{- if kindIs "invalid" $drain }}
+{{- $drain = dig $name "drain_timeout_s" 120 $root.Values.config.workers }}
+{{- end }}
+{{- $drain = int (ceil $drain) }}
+{{- $grace := $w.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $grace }}
+{{- $grace = add $drain (int $w.shutdownMarginSeconds) }}
+{{- end }}
+drain: {{ $drain }}
+grace: {{ int $grace }}
+{{- end }}
+
+{{/* Whether a worker is a chat pool: a chat worker with more than one replica (or an
+autoscaler that may give it more), fronted by a pool router. Call with (list $ NAME); prints
+"true" or nothing. */}}
 {{- define "serving.isPool" -}}
 {{- $w := include "serving.workerValues" . | fromYaml }}
-{{- if and (eq $w.kind "chat") (gt (int $w.replicas) 1) }}true{{ end }}
+{{- $a := $w.autoscaling | default dict }}
+{{- $scaled := and (eq ($a.mode | default "none") "keda") (gt (int $a.maxReplicas) 1) }}
+{{- if and (eq $w.kind "chat") (or (gt (int $w.replicas) 1) $scaled) }}true{{ end }}
 {{- end }}
 
 {{- define "serving.workerService" -}}

@@ -20,6 +20,10 @@ change, so a bad release fails at render instead of as pods that crash.
 {{- end }}
 {{- range $name := $workers }}
 {{- $w := include "serving.workerValues" (list $ $name) | fromYaml }}
+{{- $stop := include "serving.workerStop" (list $ $name) | fromYaml }}
+{{- if and (gt (int $stop.drain) 0) (le (int $stop.grace) (int $stop.drain)) }}
+{{- fail (printf "workers.%s.terminationGracePeriodSeconds: %v, but the pod may drain for %v s (drainSeconds, else config.workers.%s.drain_timeout_s); make it longer, or leave it unset (the drain plus shutdownMarginSeconds)" $name $stop.grace $stop.drain $name) }}
+{{- end }}
 {{- range $index := dig $name "gpus" list $.Values.config.workers | default list }}
 {{- if ge (int $index) (int $w.gpus) }}
 {{- fail (printf "config.workers.%s.gpus: GPU %v, but each pod of the worker has %v (workers.%s.gpus), numbered from 0" $name $index $w.gpus $name) }}
