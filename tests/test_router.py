@@ -404,3 +404,34 @@ def test_a_key_over_its_limit_makes_the_router_fetch_nothing(tmp_path: Path):
         assert seen == ["/red.png"]
         assert ask().status_code == 429
         assert seen == ["/red.png"]  # refused before any fetch
+
+
+def test_anthropic_clients_send_x_api_key_and_read_anthropic_errors(tmp_path: Path):
+    client = router(tmp_path, "router: {max_body_bytes: 2048}")
+    assert client.get("/v1/models", headers={"Authorization": "", "x-api-key": KEY}) \
+        .status_code == 200
+    wrong = client.post("/v1/messages", json={}, headers={"Authorization": "", "x-api-key": "no"})
+    assert wrong.status_code == 401
+    assert wrong.json() == {"type": "error", "error": {
+        "type": "authentication_error", "message": "Incorrect API key provided."}}
+    missing = client.post("/v1/messages", json={}, headers={"Authorization": ""})
+    assert missing.json()["error"]["type"] == "authentication_error"
+    big = client.post("/v1/messages", json={"x": "y" * 4096})
+    assert big.status_code == 413 and big.json()["error"]["type"] == "request_too_large"
+    nowhere = client.post("/v1/messages/nowhere", json={})
+    assert nowhere.status_code == 404 and nowhere.json()["type"] == "error"
+    assert nowhere.json()["error"]["type"] == "not_found_error"
+    # OpenAI's paths keep OpenAI's envelope.
+    chat = client.post("/v1/chat/completions", json={}, headers={"Authorization": ""})
+    assert chat.json()["error"]["code"] == "invalid_api_key" and "type" not in chat.json()
+
+
+@pytest.mark.parametrize("status, kind", [
+    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+    (404, "not_found_error"), (413, "request_too_large"), (429, "rate_limit_error"),
+    (500, "api_error"), (503, "overloaded_error"), (415, "invalid_request_error"),
+])
+def test_anthropic_error_types_by_status(status: int, kind: str):
+    from serving.errors import OpenAIError, anthropic_body
+    body = anthropic_body(OpenAIError(status, "bad", param="max_tokens"))
+    assert body == {"type": "error", "error": {"type": kind, "message": "max_tokens: bad"}}

@@ -1,4 +1,5 @@
-"""Bearer keys: `Authorization: Bearer <key>` only, checked against SHA-256 hashes."""
+"""API keys, checked against SHA-256 hashes: `Authorization: Bearer <key>` (OpenAI's clients)
+or `x-api-key: <key>` (Anthropic's), the same keys with the same models and limits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import OpenAIError
+from serving.errors import OpenAIError, error_response
 from serving.router.context import context_of
 from serving.router.keys import KeyStore
 
@@ -26,7 +27,10 @@ class AuthMiddleware:
         path = scope.get("path", "")
         if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
             return await self.app(scope, receive, send)
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        headers = dict(scope["headers"])
+        header = headers.get(b"authorization")
+        if not header and b"x-api-key" in headers:
+            header = b"Bearer " + headers[b"x-api-key"]
         if header is None:
             error = _unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an "
@@ -45,4 +49,4 @@ class AuthMiddleware:
                 if scheme.lower() == "bearer"
                 else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)."
             )
-        await error.response()(scope, receive, send)
+        await error_response(path, error)(scope, receive, send)
