@@ -435,3 +435,22 @@ def test_anthropic_error_types_by_status(status: int, kind: str):
     from serving.errors import OpenAIError, anthropic_body
     body = anthropic_body(OpenAIError(status, "bad", param="max_tokens"))
     assert body == {"type": "error", "error": {"type": kind, "message": "max_tokens: bad"}}
+
+
+def test_messages_are_checked_and_answered_in_anthropic_shape(tmp_path: Path):
+    client = router(tmp_path)
+    base = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}
+    missing = client.post("/v1/messages", json=base)
+    assert missing.status_code == 400
+    assert missing.json()["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in missing.json()["error"]["message"]
+    thinking = client.post("/v1/messages", json={**base, "max_tokens": 8,
+                                                  "thinking": {"type": "enabled"}})
+    assert thinking.status_code == 400 and "thinking" in thinking.json()["error"]["message"]
+    unknown = client.post("/v1/messages", json={**base, "max_tokens": 8, "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+    down = client.post("/v1/messages", json={**base, "max_tokens": 8})  # nothing on port 9
+    assert down.status_code == 503 and down.json()["error"]["type"] == "overloaded_error"
+    assert down.headers["retry-after"].isdigit()
+    count = client.post("/v1/messages/count_tokens", json=base)
+    assert count.status_code == 503 and count.json()["type"] == "error"
