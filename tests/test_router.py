@@ -416,6 +416,9 @@ def test_anthropic_clients_send_x_api_key_and_read_anthropic_errors(tmp_path: Pa
         "type": "authentication_error", "message": "Incorrect API key provided."}}
     missing = client.post("/v1/messages", json={}, headers={"Authorization": ""})
     assert missing.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in missing.json()["error"]["message"]
+    basic = client.post("/v1/messages", json={}, headers={"Authorization": "Basic eA=="})
+    assert "x-api-key" in basic.json()["error"]["message"]
     big = client.post("/v1/messages", json={"x": "y" * 4096})
     assert big.status_code == 413 and big.json()["error"]["type"] == "request_too_large"
     nowhere = client.post("/v1/messages/nowhere", json={})
@@ -424,6 +427,7 @@ def test_anthropic_clients_send_x_api_key_and_read_anthropic_errors(tmp_path: Pa
     # OpenAI's paths keep OpenAI's envelope.
     chat = client.post("/v1/chat/completions", json={}, headers={"Authorization": ""})
     assert chat.json()["error"]["code"] == "invalid_api_key" and "type" not in chat.json()
+    assert "x-api-key" not in chat.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("status, kind", [

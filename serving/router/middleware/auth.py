@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import OpenAIError, error_response
+from serving.errors import OpenAIError, error_response, speaks_anthropic
 from serving.router.context import context_of
 from serving.router.keys import KeyStore
+
+# Anthropic's clients send `x-api-key`; the Messages API's 401 names both ways in.
+_OR_X_API_KEY = {False: "", True: " or an x-api-key header (x-api-key: YOUR_KEY)"}
 
 
 def _unauthorized(message: str) -> OpenAIError:
@@ -34,8 +37,8 @@ class AuthMiddleware:
         if header is None:
             error = _unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)"
+                + _OR_X_API_KEY[speaks_anthropic(path)] + ".")
         else:
             scheme, _, token = header.decode("latin-1").partition(" ")
             key = self.keys().verify(token.strip()) if scheme.lower() == "bearer" else None
@@ -47,6 +50,7 @@ class AuthMiddleware:
             error = _unauthorized(
                 "Incorrect API key provided."
                 if scheme.lower() == "bearer"
-                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)."
+                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)"
+                + _OR_X_API_KEY[speaks_anthropic(path)] + "."
             )
         await error_response(path, error)(scope, receive, send)
