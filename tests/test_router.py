@@ -5,6 +5,7 @@ The stream relay is tested over streams recorded from the real worker: test_e2e_
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import httpx
@@ -458,3 +459,65 @@ def test_messages_are_checked_and_answered_in_anthropic_shape(tmp_path: Path):
     assert down.headers["retry-after"].isdigit()
     count = client.post("/v1/messages/count_tokens", json=base)
     assert count.status_code == 503 and count.json()["type"] == "error"
+
+
+def test_messages_images_go_through_chats_guard(tmp_path: Path):
+    """Image blocks (base64 and url, a tool result's too) are decoded and fetched as chat's
+    are: a good one reaches the (down) worker, a corrupt one or a private URL is Anthropic's
+    400 naming the block."""
+    from tests.support.images import encoded, serve_images
+
+    png = base64.b64encode(encoded("PNG")).decode()
+    seen: list[str] = []
+    with serve_images({"/red.png": encoded("PNG")}, seen=seen) as url:
+        client = router(tmp_path, "router: {images: {allow_networks: ['127.0.0.1/32']}}")
+
+        def ask(source: dict, path: str = "/v1/messages", in_tool_result: bool = False):
+            block = {"type": "image", "source": source}
+            if in_tool_result:
+                block = {"type": "tool_result", "tool_use_id": "t1", "content": [block]}
+            body = {"model": "smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "?"},
+                                                              block]}]}
+            return client.post(path, json=body if "count" in path else {**body,
+                                                                          "max_tokens": 2})
+
+        good = {"type": "base64", "media_type": "image/png", "data": png}
+        assert ask(good).status_code == 503  # decoded, admitted; the worker is down
+        assert ask({"type": "url", "url": f"{url}/red.png"}).status_code == 503
+        assert seen == ["/red.png"]
+        for source, where, tool in [
+            ({**good, "data": png[:40]}, "messages[0].content[1]", False),
+            ({**good, "data": "not base64!"}, "messages[0].content[1]", False),
+            ({"type": "url", "url": "http://10.1.2.3/cat.png"}, "messages[0].content[1]",
+             False),
+            ({"type": "url", "url": "file:///etc/passwd"}, "messages[0].content[1]", False),
+            ({**good, "data": png[:40]}, "messages[0].content[1].content[0]", True),
+        ]:
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                r = ask(source, path, tool)
+                assert r.status_code == 400, r.text
+                error = r.json()["error"]
+                assert error["type"] == "invalid_request_error"
+                assert error["message"].startswith(where + ":"), error
+        assert seen == ["/red.png"]  # the private address was never fetched
+
+
+def test_messages_over_the_limit_answer_anthropics_429(tmp_path: Path):
+    client = router(tmp_path, limits=Limits(requests_per_minute=1))
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi"}]}
+    first = client.post("/v1/messages", json=body)
+    assert first.status_code == 503  # admitted; the worker is down
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    r = client.post("/v1/messages", json=body)
+    assert r.status_code == 429
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert r.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert r.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    assert r.headers["x-ratelimit-limit-requests"] == "1"
+    chat = client.post("/v1/chat/completions", json=body)
+    assert chat.status_code == 429 and "anthropic-ratelimit-requests-limit" not in chat.headers

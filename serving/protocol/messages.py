@@ -74,6 +74,16 @@ class UserMessage(_Strict):
     content: str | list[UserBlock] = Field(min_length=1)
 
 
+    def has_images(self) -> bool:
+        """Whether an image block is here, directly or in a tool result."""
+        for block in self.content if isinstance(self.content, list) else ():
+            if isinstance(block, ImageBlock) or (
+                    isinstance(block, ToolResultBlock) and isinstance(block.content, list)
+                    and any(isinstance(b, ImageBlock) for b in block.content)):
+                return True
+        return False
+
+
 class AssistantMessage(_Strict):
     role: Literal["assistant"]
     content: str | list[AssistantBlock]
@@ -115,6 +125,11 @@ class CountTokensRequest(_Strict):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Annotated[Any, _unsupported("`thinking` (extended thinking)")] = None
+
+    def images_at(self) -> int | None:
+        """The index of the first message holding an image, if any."""
+        return next((i for i, m in enumerate(self.messages)
+                     if isinstance(m, UserMessage) and m.has_images()), None)
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> CountTokensRequest:
