@@ -53,6 +53,7 @@ def test_catalog_lists_capabilities(http):
     entry = next(m for m in catalog["data"] if m["id"] == CHAT_MODEL)
     assert entry["id"] == CHAT_MODEL and entry["modality"] == "chat"
     assert {"tool_use", "json_schema", "prefix_caching"} <= set(entry["capabilities"])
+    assert {"/v1/chat/completions", "/v1/messages"} <= set(entry["endpoints"])
 
 
 def test_plain_chat(client, http, openai_schema):

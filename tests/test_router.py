@@ -357,6 +357,7 @@ def test_images_are_checked_by_the_router_before_the_worker(tmp_path: Path):
     catalog_entry = next(m for m in client.get("/v1/catalog").json()["data"]
                          if m["id"] == "smollm2-135m-instruct")
     assert "vision" in catalog_entry["capabilities"]
+    assert "/v1/messages" in catalog_entry["endpoints"]
 
 
 def test_an_image_reserves_its_tokens_not_its_bytes(tmp_path: Path):
