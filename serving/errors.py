@@ -66,6 +66,50 @@ class OpenAIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+# Anthropic's `type` for each status it uses (https://docs.anthropic.com/en/api/errors); the
+# Messages API (/v1/messages...) answers in Anthropic's envelope, everything else in OpenAI's.
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def speaks_anthropic(path: str) -> bool:
+    """Whether a request path belongs to Anthropic's Messages API, whose clients (the
+    `anthropic` SDKs) read only Anthropic's error envelope."""
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def anthropic_body(error: OpenAIError) -> dict[str, Any]:
+    """The same error in Anthropic's envelope `{"type": "error", "error": {"type", "message"}}`;
+    the OpenAI `param` a 400 names is kept in the message, Anthropic's envelope has no field."""
+    status = error.status
+    kind = _ANTHROPIC_TYPE_BY_STATUS.get(
+        status, "invalid_request_error" if 400 <= status < 500 else "api_error")
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{error.param}: {message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_response(path: str, error: OpenAIError) -> JSONResponse:
+    """`error` in the envelope the API at `path` speaks."""
+    if speaks_anthropic(path):
+        return JSONResponse(anthropic_body(error), status_code=error.status,
+                            headers=error.headers)
+    return error.response()
+
+
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
 
@@ -134,28 +178,28 @@ def validation_error(errors: Sequence[Any]) -> OpenAIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
-    async def _openai(_: Request, exc: OpenAIError) -> JSONResponse:
-        return exc.response()
+    async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
+        return error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc.errors()).response()
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request.url.path, validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, OpenAIError):  # raised while FastAPI parsed the body
-            return exc.__cause__.response()
+            return error_response(request.url.path, exc.__cause__)
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed for {request.url.path}"
         else:
             message = str(exc.detail)
-        return OpenAIError(exc.status_code, message, headers=getattr(exc, "headers", None)) \
-            .response()
+        error = OpenAIError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(request.url.path, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OpenAIError(500, "The server had an error while processing your request.") \
-            .response()
+        error = OpenAIError(500, "The server had an error while processing your request.")
+        return error_response(request.url.path, error)

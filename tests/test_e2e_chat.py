@@ -55,6 +55,7 @@ def test_catalog_lists_capabilities(http):
     assert {"tool_use", "json_schema", "prefix_caching"} <= set(entry["capabilities"])
     # The model card's generation settings, which vLLM applies to fields a request leaves unset.
     assert entry["sampling_defaults"] == {"temperature": 0.2, "top_p": 0.9}
+    assert {"/v1/chat/completions", "/v1/messages"} <= set(entry["endpoints"])
 
 
 def test_the_readme_snippet_gets_a_short_right_answer(client):

@@ -1,5 +1,5 @@
 """Security fuzzing against the running stack: whatever a client sends, the router answers with a
-status below 500, and every 4xx is OpenAI's error envelope.
+status below 500, and every 4xx is OpenAI's error envelope (Anthropic's on /v1/messages*).
 
 1. schemathesis over the router's own OpenAPI document (positive and negative cases per
    operation), with generated values that would be valid but expensive capped to cheap ones.
@@ -49,8 +49,12 @@ def fuzz_settings(max_examples: int):
                     phases=[Phase.explicit, Phase.generate])
 
 
-def check_answer(status: int, body: bytes, request: str) -> None:
-    """No 5xx ever; a 4xx carries OpenAI's error envelope."""
+ANTHROPIC_ENVELOPE = {"type", "message"}
+
+
+def check_answer(status: int, body: bytes, request: str, path: str = "") -> None:
+    """No 5xx ever; a 4xx carries OpenAI's error envelope, or Anthropic's on the Messages API
+    (its clients read only that one)."""
     shown = body[:2000].decode(errors="replace")
     assert status < 500, f"{status} for\n{request}\n-> {shown}"
     if status >= 400:
@@ -59,6 +63,11 @@ def check_answer(status: int, body: bytes, request: str) -> None:
         except ValueError:
             raise AssertionError(
                 f"{status} without a JSON body for\n{request}\n-> {shown}") from None
+        if path.startswith("/v1/messages"):
+            assert payload["type"] == "error", f"{request}\n-> {shown}"
+            assert set(payload["error"]) == ANTHROPIC_ENVELOPE, f"{request}\n-> {shown}"
+            assert all(isinstance(v, str) for v in payload["error"].values()), shown
+            return
         validate_openai(payload, "ErrorResponse")
         assert set(payload["error"]) == ENVELOPE_FIELDS, f"{request}\n-> {shown}"
 
@@ -103,6 +112,7 @@ SCHEMA_OPERATIONS = [
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"), ("GET", "/v1/catalog"),
     ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses"),
+    ("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"),
     ("POST", "/v1/images/generations"), ("POST", "/v1/videos"), ("GET", "/v1/videos"),
     ("POST", "/v1/videos/generations"), ("GET", "/v1/videos/{video_id}"),
     ("DELETE", "/v1/videos/{video_id}"), ("GET", "/v1/videos/generations/{video_id}"),
@@ -119,8 +129,9 @@ NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions"), ("POST", "/v1/admin/r
 # cases so that they get past the model lookup and reach the checks behind it (and a worker).
 REAL_MODEL = {
     "/v1/chat/completions": CHAT_MODEL, "/v1/completions": CHAT_MODEL,
-    "/v1/responses": CHAT_MODEL, "/v1/images/generations": IMAGE_MODEL, "/v1/videos": VIDEO_MODEL,
-    "/v1/videos/generations": VIDEO_MODEL, "/v1/audio/speech": TTS_MODEL,
+    "/v1/responses": CHAT_MODEL, "/v1/messages": CHAT_MODEL,
+    "/v1/messages/count_tokens": CHAT_MODEL, "/v1/images/generations": IMAGE_MODEL,
+    "/v1/videos": VIDEO_MODEL, "/v1/videos/generations": VIDEO_MODEL, "/v1/audio/speech": TTS_MODEL,
 }
 
 # field -> (largest value left as generated, cheap value for anything valid above it). Values
@@ -130,6 +141,7 @@ CHEAP: dict[str, dict[str, tuple[int, int]]] = {
                              "n": (1, 1)},
     "/v1/completions": {"max_tokens": (4, 2), "n": (1, 1)},
     "/v1/responses": {"max_output_tokens": (4, 2)},
+    "/v1/messages": {"max_tokens": (4, 2)},
     "/v1/images/generations": {"n": (1, 1), "num_inference_steps": (1, 1)},
     "/v1/videos": {"num_inference_steps": (1, 1), "fps": (4, 4)},
     "/v1/videos/generations": {"num_inference_steps": (1, 1), "fps": (4, 4)},
@@ -206,6 +218,8 @@ def test_schemathesis(request, stack, api_schema, method, path):
                 # The generated messages seldom pass the role rules; these let the other
                 # fields reach vLLM.
                 case.body["messages"] = [{"role": "user", "content": "hi"}]
+            if path.startswith("/v1/messages") and valid_messages:
+                case.body["messages"] = [{"role": "user", "content": "hi"}]
             if path == "/v1/responses" and valid_messages:
                 case.body["input"] = "hi"
         if video_id and real_id and isinstance(case.path_parameters, dict):
@@ -219,7 +233,7 @@ def test_schemathesis(request, stack, api_schema, method, path):
             response = case.call(base_url=stack.base_url, headers=auth, timeout=120)
         except requests.RequestException as e:  # a dropped connection or a stream cut short
             raise AssertionError(f"{e!r} for\n{request}") from e
-        check_answer(response.status_code, response.content, request)
+        check_answer(response.status_code, response.content, request, path)
         case.validate_response(response, checks=[not_a_server_error])
         if method == "POST" and path in ("/v1/videos", "/v1/videos/generations"):
             forget_video(stack, response)
@@ -234,6 +248,8 @@ BASES: dict[str, dict[str, Any]] = {
                              "max_tokens": 2},
     "/v1/completions": {"model": CHAT_MODEL, "prompt": "hi", "max_tokens": 2},
     "/v1/responses": {"model": CHAT_MODEL, "input": "hi", "max_output_tokens": 2},
+    "/v1/messages": {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                     "max_tokens": 2},
     "/v1/images/generations": {"model": IMAGE_MODEL, "prompt": "a dot", "size": "128x128",
                                "num_inference_steps": 1},
     "/v1/videos": {"model": VIDEO_MODEL, "prompt": "a dot", "num_inference_steps": 1, "fps": 4},
@@ -243,6 +259,7 @@ BASES: dict[str, dict[str, Any]] = {
 SCHEMA_NAMES = {"/v1/chat/completions": "ChatCompletionRequest",
                 "/v1/completions": "CompletionRequest",
                 "/v1/responses": "CreateResponseRequest",
+                "/v1/messages": "MessagesRequest",
                 "/v1/images/generations": "ImageGenerationRequest",
                 "/v1/audio/speech": "SpeechRequest"}
 EXTRA_FIELDS = ["input", "encoding_format", "dimensions", "messages", "prompt", "stream",
@@ -278,7 +295,7 @@ def json_values(fields: list[str]):
 
 
 TEXT_FIELD = {"/v1/chat/completions": "messages", "/v1/completions": "prompt",
-              "/v1/responses": "input",
+              "/v1/responses": "input", "/v1/messages": "messages",
               "/v1/images/generations": "prompt", "/v1/videos": "prompt",
               "/v1/audio/speech": "input", "/v1/embeddings": "input"}
 
@@ -343,7 +360,7 @@ def test_generated_json_bodies(stack, request_fields, path):
         raw, content_type = body
         headers = {"content-type": content_type} if content_type else {}
         r = send(stack, "POST", path, content=raw, headers=headers)
-        check_answer(r.status_code, r.content, describe("POST", path, raw, headers))
+        check_answer(r.status_code, r.content, describe("POST", path, raw, headers), path)
         if path == "/v1/videos" and r.status_code == 200:
             forget_video(stack, r)
 

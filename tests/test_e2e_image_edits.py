@@ -54,6 +54,8 @@ def test_catalog_shows_the_editor_beside_the_generator(http):
     by_id = {m["id"]: m for m in r.json()["data"]}
     assert "edits" in by_id[EDITOR]["capabilities"]
     assert "edits" not in by_id["flux-tiny"]["capabilities"]
+    assert "/v1/images/edits" in by_id[EDITOR]["endpoints"]
+    assert by_id["flux-tiny"]["endpoints"] == ["/v1/images/generations"]
 
 
 def test_generations_default_to_the_generator(http):

@@ -33,6 +33,7 @@ RPM_KEY, TPM_KEY, NARROW_KEY = "sk-rpm-0123456789", "sk-tpm-0123456789", "sk-nar
 RESPONSES_TPM_KEY = "sk-tpm-responses-0123456789"
 SHARED_KEY = "sk-shared-rpm-0123456789"
 METRICS_RPM_KEY = "sk-metrics-rpm-0123456789"
+MESSAGES_RPM_KEY = "sk-messages-rpm-0123456789"
 METRICS_PORT = free_port()
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$")
 
@@ -55,6 +56,8 @@ router:
     - {{name: narrow, sha256: {hash_key(NARROW_KEY)}, models: [{CHAT_MODEL}]}}
     - {{name: shared, sha256: {hash_key(SHARED_KEY)}, limits: {{requests_per_minute: 2}}}}
     - {{name: metrics-rpm, sha256: {hash_key(METRICS_RPM_KEY)},
+        limits: {{requests_per_minute: 1}}}}
+    - {{name: messages-rpm, sha256: {hash_key(MESSAGES_RPM_KEY)},
         limits: {{requests_per_minute: 1}}}}
 workers:
   chat: {{max_in_flight: 1}}
@@ -115,6 +118,25 @@ def test_requests_per_minute(limited: BackgroundStack, redis_with_password: loca
     # The counters live in Redis, where other router replicas would see them.
     assert redis.Redis.from_url(redis_with_password.url,
                                 password=redis_with_password.password).keys("*rpm*")
+
+
+def test_messages_over_the_limit_is_the_sdks_rate_limit_error(limited: BackgroundStack):
+    """Anthropic's SDK (x-api-key) gets its RateLimitError, with retry-after and Anthropic's
+    rate-limit headers; the same bucket as the key's OpenAI requests."""
+    import anthropic
+
+    sdk = anthropic.Anthropic(base_url=limited.base_url, api_key=MESSAGES_RPM_KEY,
+                              max_retries=0, timeout=120)
+    ask = {"model": CHAT_MODEL, "max_tokens": 2,
+           "messages": [{"role": "user", "content": "Say hi."}]}
+    ok = sdk.messages.with_raw_response.create(**ask)
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert ok.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    with pytest.raises(anthropic.RateLimitError) as e:
+        sdk.messages.create(**ask)
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert e.value.body["error"]["type"] == "rate_limit_error"
+    assert e.value.response.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
 
 
 def test_two_routers_share_keys_and_limits(limited: BackgroundStack, tmp_path: Path,

@@ -396,3 +396,108 @@ def test_responses_relay_meters_a_dropped_recorded_stream_from_what_it_saw(
     deltas = sum(typed(e)[0].endswith(".delta") for e in events(out))
     assert deltas >= 1
     assert (m.usage["input_tokens"], m.usage["output_tokens"]) == (INPUT_ESTIMATE, deltas)
+
+
+# --- Anthropic's Messages API -----------------------------------------------------------------
+
+# Recorded as the router asks: a text answer and a forced tool call (input_json_delta).
+MESSAGES_REQUESTS: dict[str, dict[str, Any]] = {
+    "text": {"messages": [{"role": "user", "content": "Name three colours."}],
+             "max_tokens": 12},
+    "tool": {"messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+             "max_tokens": 32,
+             "tools": [{"name": "get_weather",
+                        "input_schema": WEATHER_TOOL["function"]["parameters"]}],
+             "tool_choice": {"type": "tool", "name": "get_weather"}},
+}
+
+
+@pytest.fixture(scope="session")
+def recorded_messages(stack) -> dict[str, bytes]:
+    out = {}
+    with httpx.Client(base_url=stack.worker_url("chat"), timeout=120) as http:
+        for name, body in MESSAGES_REQUESTS.items():
+            body = {"model": CHAT_MODEL, "stream": True, "temperature": 0, **body}
+            with http.stream("POST", "/v1/messages", json=body) as r:
+                assert r.status_code == 200, r.read()
+                out[name] = b"".join(r.iter_raw())
+    return out
+
+
+@pytest.fixture(params=list(MESSAGES_REQUESTS))
+def message_stream(request: pytest.FixtureRequest, recorded_messages: dict[str, bytes]
+                   ) -> bytes:
+    return recorded_messages[request.param]
+
+
+def test_messages_stream_events_are_as_the_relay_expects(message_stream: bytes):
+    """`event:`/`data:` pairs; per-token events are `content_block_delta`, found by their
+    first line; usage in message_start (the input) and the final message_delta only; no ping."""
+    seen = [typed(e) for e in events(message_stream)]
+    names = [name for name, _ in seen]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert "ping" not in names and "content_block_delta" in names
+    for (name, data), raw in zip(seen, events(message_stream), strict=True):
+        assert data["type"] == name
+        assert raw.startswith(contract.MESSAGES_DELTA_EVENT) == (name == "content_block_delta")
+        if name not in ("message_start", "message_delta"):
+            assert "usage" not in data and "usage" not in (data.get("message") or {})
+    assert seen[0][1]["message"]["usage"]["input_tokens"] > 0
+    assert seen[-2][1]["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, None])
+def test_messages_relay_completes_a_recorded_stream_and_meters_its_usage(
+    message_stream: bytes, size: int | None, caplog: pytest.LogCaptureFixture
+):
+    from anthropic.types import RawMessageStreamEvent
+    from pydantic import TypeAdapter
+
+    from serving.router.text.messages_relay import _relay as _relay_message
+
+    out, m = run_relay(lambda response, meter: _relay_message(response, meter),
+                       pieces_of(message_stream, size))
+    assert BROKEN not in caplog.text
+    assert not m.incomplete and m.first_token_at is not None
+    original, sent = events(message_stream), events(out)
+    names = [typed(e)[0] for e in sent]
+    assert names == [n for e in original for n in
+                     ([typed(e)[0], "ping"] if typed(e)[0] == "message_start" else [typed(e)[0]])]
+    assert [e for e in sent if e.startswith(contract.MESSAGES_DELTA_EVENT)] == \
+        [e for e in original if e.startswith(contract.MESSAGES_DELTA_EVENT)]
+    sdk = TypeAdapter(RawMessageStreamEvent)
+    for e in sent:
+        if typed(e)[0] != "ping":
+            sdk.validate_python(typed(e)[1])
+    usage = typed(sent[-2])[1]["usage"]
+    fields = ("input_tokens", "output_tokens", "cache_read_input_tokens",
+              "cache_creation_input_tokens")
+    assert set(usage) == set(fields)
+    assert set(typed(sent[0])[1]["message"]["usage"]) == set(fields)
+    assert m.usage == {
+        "prompt_tokens": usage["input_tokens"] + usage["cache_read_input_tokens"]
+        + usage["cache_creation_input_tokens"],
+        "completion_tokens": usage["output_tokens"],
+        "cache_read_input_tokens": usage["cache_read_input_tokens"],
+        "cache_creation_input_tokens": usage["cache_creation_input_tokens"]}
+    if any(b'"input_json_delta"' in e for e in sent):
+        partial = "".join(typed(e)[1]["delta"]["partial_json"] for e in sent
+                          if b'"input_json_delta"' in e)
+        assert isinstance(json.loads(partial), dict)
+
+
+def test_messages_relay_meters_a_dropped_recorded_stream_from_what_it_saw(
+    message_stream: bytes
+):
+    from serving.router.text.messages_relay import _relay as _relay_message
+
+    original = events(message_stream)
+    first_delta = next(i for i, e in enumerate(original)
+                       if e.startswith(contract.MESSAGES_DELTA_EVENT))
+    out, m = run_relay(lambda response, meter: _relay_message(response, meter),
+                       pieces_of(message_stream, None), stop_after=first_delta + 1)
+    assert m.incomplete and m.status_override is None
+    deltas = sum(e.startswith(contract.MESSAGES_DELTA_EVENT) for e in events(out))
+    assert deltas >= 1 and m.usage["completion_tokens"] == deltas
+    start_usage = typed(original[0])[1]["message"]["usage"]
+    assert m.usage["prompt_tokens"] >= start_usage["input_tokens"] > 0

@@ -401,3 +401,19 @@ def test_redis_password_from_the_environment(redis_with_password: local_servers.
     wrong = server.url.replace("redis://", f"redis://:not-{server.password}@")
     with pytest.raises(redis.AuthenticationError):
         acquire_twice(config.model_copy(update={"rate_limit_store": wrong}))
+
+
+def test_anthropic_headers_carry_the_same_buckets_with_a_reset_time():
+    from serving.router.ratelimit.decision import Decision, Quota
+
+    d = Decision(allowed=False, requests=Quota(3, 0, 60.0), tokens=Quota(120, 20, 0.4),
+                 exceeded="requests", retry_after_s=20)
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert d.anthropic_headers(now) == {
+        "anthropic-ratelimit-requests-limit": "3",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": "2027-01-15T08:01:00Z",
+        "anthropic-ratelimit-tokens-limit": "120",
+        "anthropic-ratelimit-tokens-remaining": "20",
+        "anthropic-ratelimit-tokens-reset": "2027-01-15T08:00:01Z",
+    }

@@ -5,6 +5,7 @@ The stream relay is tested over streams recorded from the real worker: test_e2e_
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import httpx
@@ -357,6 +358,7 @@ def test_images_are_checked_by_the_router_before_the_worker(tmp_path: Path):
     catalog_entry = next(m for m in client.get("/v1/catalog").json()["data"]
                          if m["id"] == "smollm2-135m-instruct")
     assert "vision" in catalog_entry["capabilities"]
+    assert "/v1/messages" in catalog_entry["endpoints"]
 
 
 def test_an_image_reserves_its_tokens_not_its_bytes(tmp_path: Path):
@@ -447,3 +449,119 @@ def test_vllms_sampling_extensions_reach_vllm_and_server_fields_are_refused(tmp_
             r = client.post(path, json={"model": "smollm2-135m-instruct", **body, field: value})
             assert r.status_code == 400, (field, r.text)
             assert r.json()["error"]["param"] == field
+
+
+def test_anthropic_clients_send_x_api_key_and_read_anthropic_errors(tmp_path: Path):
+    client = router(tmp_path, "router: {max_body_bytes: 2048}")
+    assert client.get("/v1/models", headers={"Authorization": "", "x-api-key": KEY}) \
+        .status_code == 200
+    wrong = client.post("/v1/messages", json={}, headers={"Authorization": "", "x-api-key": "no"})
+    assert wrong.status_code == 401
+    assert wrong.json() == {"type": "error", "error": {
+        "type": "authentication_error", "message": "Incorrect API key provided."}}
+    missing = client.post("/v1/messages", json={}, headers={"Authorization": ""})
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in missing.json()["error"]["message"]
+    basic = client.post("/v1/messages", json={}, headers={"Authorization": "Basic eA=="})
+    assert "x-api-key" in basic.json()["error"]["message"]
+    big = client.post("/v1/messages", json={"x": "y" * 4096})
+    assert big.status_code == 413 and big.json()["error"]["type"] == "request_too_large"
+    nowhere = client.post("/v1/messages/nowhere", json={})
+    assert nowhere.status_code == 404 and nowhere.json()["type"] == "error"
+    assert nowhere.json()["error"]["type"] == "not_found_error"
+    # OpenAI's paths keep OpenAI's envelope.
+    chat = client.post("/v1/chat/completions", json={}, headers={"Authorization": ""})
+    assert chat.json()["error"]["code"] == "invalid_api_key" and "type" not in chat.json()
+    assert "x-api-key" not in chat.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("status, kind", [
+    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+    (404, "not_found_error"), (413, "request_too_large"), (429, "rate_limit_error"),
+    (500, "api_error"), (503, "overloaded_error"), (415, "invalid_request_error"),
+])
+def test_anthropic_error_types_by_status(status: int, kind: str):
+    from serving.errors import OpenAIError, anthropic_body
+    body = anthropic_body(OpenAIError(status, "bad", param="max_tokens"))
+    assert body == {"type": "error", "error": {"type": kind, "message": "max_tokens: bad"}}
+
+
+def test_messages_are_checked_and_answered_in_anthropic_shape(tmp_path: Path):
+    client = router(tmp_path)
+    base = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}
+    missing = client.post("/v1/messages", json=base)
+    assert missing.status_code == 400
+    assert missing.json()["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in missing.json()["error"]["message"]
+    thinking = client.post("/v1/messages", json={**base, "max_tokens": 8,
+                                                  "thinking": {"type": "enabled"}})
+    assert thinking.status_code == 400 and "thinking" in thinking.json()["error"]["message"]
+    unknown = client.post("/v1/messages", json={**base, "max_tokens": 8, "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+    down = client.post("/v1/messages", json={**base, "max_tokens": 8})  # nothing on port 9
+    assert down.status_code == 503 and down.json()["error"]["type"] == "overloaded_error"
+    assert down.headers["retry-after"].isdigit()
+    count = client.post("/v1/messages/count_tokens", json=base)
+    assert count.status_code == 503 and count.json()["type"] == "error"
+
+
+def test_messages_images_go_through_chats_guard(tmp_path: Path):
+    """Image blocks (base64 and url, a tool result's too) are decoded and fetched as chat's
+    are: a good one reaches the (down) worker, a corrupt one or a private URL is Anthropic's
+    400 naming the block."""
+    from tests.support.images import encoded, serve_images
+
+    png = base64.b64encode(encoded("PNG")).decode()
+    seen: list[str] = []
+    with serve_images({"/red.png": encoded("PNG")}, seen=seen) as url:
+        client = router(tmp_path, "router: {images: {allow_networks: ['127.0.0.1/32']}}")
+
+        def ask(source: dict, path: str = "/v1/messages", in_tool_result: bool = False):
+            block = {"type": "image", "source": source}
+            if in_tool_result:
+                block = {"type": "tool_result", "tool_use_id": "t1", "content": [block]}
+            body = {"model": "smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "?"},
+                                                              block]}]}
+            return client.post(path, json=body if "count" in path else {**body,
+                                                                          "max_tokens": 2})
+
+        good = {"type": "base64", "media_type": "image/png", "data": png}
+        assert ask(good).status_code == 503  # decoded, admitted; the worker is down
+        assert ask({"type": "url", "url": f"{url}/red.png"}).status_code == 503
+        assert seen == ["/red.png"]
+        for source, where, tool in [
+            ({**good, "data": png[:40]}, "messages[0].content[1]", False),
+            ({**good, "data": "not base64!"}, "messages[0].content[1]", False),
+            ({"type": "url", "url": "http://10.1.2.3/cat.png"}, "messages[0].content[1]",
+             False),
+            ({"type": "url", "url": "file:///etc/passwd"}, "messages[0].content[1]", False),
+            ({**good, "data": png[:40]}, "messages[0].content[1].content[0]", True),
+        ]:
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                r = ask(source, path, tool)
+                assert r.status_code == 400, r.text
+                error = r.json()["error"]
+                assert error["type"] == "invalid_request_error"
+                assert error["message"].startswith(where + ":"), error
+        assert seen == ["/red.png"]  # the private address was never fetched
+
+
+def test_messages_over_the_limit_answer_anthropics_429(tmp_path: Path):
+    client = router(tmp_path, limits=Limits(requests_per_minute=1))
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi"}]}
+    first = client.post("/v1/messages", json=body)
+    assert first.status_code == 503  # admitted; the worker is down
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    r = client.post("/v1/messages", json=body)
+    assert r.status_code == 429
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert r.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert r.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    assert r.headers["x-ratelimit-limit-requests"] == "1"
+    chat = client.post("/v1/chat/completions", json=body)
+    assert chat.status_code == 429 and "anthropic-ratelimit-requests-limit" not in chat.headers

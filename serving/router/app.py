@@ -33,13 +33,13 @@ from serving.router.middleware.cors import ConfiguredCORS
 from serving.router.middleware.metering import MeteringMiddleware
 from serving.router.middleware.request_id import RequestIdMiddleware
 from serving.router.services import Services, build_services
-from serving.router.text import chat, completions, responses
+from serving.router.text import chat, completions, messages, responses
 from serving.router.videos import routes as video_routes
 from serving.upstream.worker import Endpoints
 
 ROUTERS = (health.router, models.router, chat.router, completions.router, responses.router,
-           image_routes.router, image_edits.router, video_routes.router, audio_routes.router,
-           admin.router, reload.router, unsupported.router)
+           messages.router, image_routes.router, image_edits.router, video_routes.router,
+           audio_routes.router, admin.router, reload.router, unsupported.router)
 
 
 def middleware(services: Services) -> list[Middleware]:

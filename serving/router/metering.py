@@ -17,7 +17,7 @@ import time
 
 from starlette.types import Scope
 
-from serving.errors import OpenAIError
+from serving.errors import OpenAIError, speaks_anthropic
 from serving.ledger import Ledger, UsageRecord
 from serving.router.context import RequestContext, Ticket
 from serving.router.keys import Principal
@@ -56,6 +56,8 @@ class Metering:
             log.warning("rate-limit store unavailable (%s); admitting without limits", e)
         else:
             headers = decision.headers()
+            if speaks_anthropic(endpoint):  # its clients read Anthropic's names
+                headers.update(decision.anthropic_headers())
             if not decision.allowed:
                 worker.release()
                 kind = decision.exceeded or "requests"

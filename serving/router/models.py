@@ -19,6 +19,18 @@ from serving.upstream.served import Served
 
 router = APIRouter()
 
+# The APIs that serve each modality, so a client (or a gateway routing by API shape) can tell
+# from the catalog which models speak which: every vLLM chat model also speaks Anthropic's
+# Messages API (vLLM serves it for any chat template).
+ENDPOINTS: dict[Modality, tuple[str, ...]] = {
+    Modality.chat: ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+                    "/v1/messages/count_tokens"),
+    Modality.image: ("/v1/images/generations",),
+    Modality.video: ("/v1/videos",),
+    Modality.speech: ("/v1/audio/speech",),
+    Modality.transcription: ("/v1/audio/transcriptions",),
+}
+
 
 def _model_object(entry: ModelEntry, created: int) -> dict[str, Any]:
     return {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by}
@@ -31,6 +43,8 @@ def _catalog_object(served: Served, created: int) -> dict[str, Any]:
         "modality": entry.modality.value,
         "capabilities": sorted(entry.capabilities),
         "aliases": entry.aliases,
+        "endpoints": list(ENDPOINTS[entry.modality])
+        + (["/v1/images/edits"] if "edits" in entry.capabilities else []),
     }
     if served.context_length:
         item["context_length"] = served.context_length

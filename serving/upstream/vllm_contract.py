@@ -93,3 +93,18 @@ RESPONSES_VLLM_ONLY = frozenset({"kv_transfer_params", "ec_transfer_params", "in
 def stream_options() -> dict[str, Any]:
     """A fresh copy of STREAM_OPTIONS for one request body."""
     return dict(STREAM_OPTIONS)
+
+
+# Anthropic's Messages API (`/v1/messages`, relayed by `serving/router/text/messages_relay.py`,
+# written by vLLM's `vllm/entrypoints/anthropic/serving.py:message_stream_converter`):
+# - every stream event is `event: <type>` then `data: <json>` on the next line (as Responses);
+# - the per-token events are `content_block_delta` (text_delta, input_json_delta): relayed by
+#   their bytes, never parsed;
+# - `message_start` carries the input's usage, the final `message_delta` the whole usage, no
+#   other event any (so a dropped stream's output is counted from its deltas); the cache
+#   fields are left out where vLLM has no count;
+# - vLLM sends no `ping`, and its mid-stream `error` event has the type `internal_error`,
+#   which Anthropic's SDKs do not know (the relay sends `api_error`).
+MESSAGES_DATA = RESPONSES_DATA
+MESSAGES_DELTA_EVENT = b"event: content_block_delta\n"
+MESSAGES_VLLM_ERROR_TYPE = "internal_error"

@@ -1,4 +1,5 @@
-"""Bearer keys: `Authorization: Bearer <key>` only, checked against SHA-256 hashes."""
+"""API keys, checked against SHA-256 hashes: `Authorization: Bearer <key>` (OpenAI's clients)
+or `x-api-key: <key>` (Anthropic's), the same keys with the same models and limits."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import OpenAIError
+from serving.errors import OpenAIError, error_response, speaks_anthropic
 from serving.router.context import context_of
 from serving.router.keys import KeyStore
+
+# Anthropic's clients send `x-api-key`; the Messages API's 401 names both ways in.
+_OR_X_API_KEY = {False: "", True: " or an x-api-key header (x-api-key: YOUR_KEY)"}
 
 
 def _unauthorized(message: str) -> OpenAIError:
@@ -26,12 +30,15 @@ class AuthMiddleware:
         path = scope.get("path", "")
         if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
             return await self.app(scope, receive, send)
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        headers = dict(scope["headers"])
+        header = headers.get(b"authorization")
+        if not header and b"x-api-key" in headers:
+            header = b"Bearer " + headers[b"x-api-key"]
         if header is None:
             error = _unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)"
+                + _OR_X_API_KEY[speaks_anthropic(path)] + ".")
         else:
             scheme, _, token = header.decode("latin-1").partition(" ")
             key = self.keys().verify(token.strip()) if scheme.lower() == "bearer" else None
@@ -43,6 +50,7 @@ class AuthMiddleware:
             error = _unauthorized(
                 "Incorrect API key provided."
                 if scheme.lower() == "bearer"
-                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)."
+                else "Only Bearer authentication is supported (Authorization: Bearer YOUR_KEY)"
+                + _OR_X_API_KEY[speaks_anthropic(path)] + "."
             )
-        await error.response()(scope, receive, send)
+        await error_response(path, error)(scope, receive, send)

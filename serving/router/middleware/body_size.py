@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import OpenAIError
+from serving.errors import OpenAIError, error_response
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class BodySizeLimitMiddleware:
         limit = limits.per_path.get(scope["path"], limits.default)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > limit.max_bytes:
-            return await limit.error.response()(scope, receive, send)
+            return await error_response(scope["path"], limit.error)(scope, receive, send)
         received = 0
 
         async def limited() -> Message:

@@ -7,7 +7,9 @@ OpenAI's Go-duration style) is one small piece of pure code that every backend s
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 Kind = Literal["requests", "tokens"]
@@ -49,6 +51,20 @@ class Decision:
                 out[f"x-ratelimit-reset-{kind}"] = format_duration(quota.reset_s)
         if not self.allowed and self.retry_after_s is not None:
             out["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return out
+
+    def anthropic_headers(self, now: float | None = None) -> dict[str, str]:
+        """The same buckets as Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,
+        remaining,reset}` headers, which its clients read: the reset is the RFC 3339 time at
+        which the bucket is full again, not a duration."""
+        now = time.time() if now is None else now
+        out: dict[str, str] = {}
+        for kind, quota in (("requests", self.requests), ("tokens", self.tokens)):
+            if quota is not None:
+                reset = datetime.fromtimestamp(math.ceil(now + quota.reset_s), UTC)
+                out[f"anthropic-ratelimit-{kind}-limit"] = str(quota.limit)
+                out[f"anthropic-ratelimit-{kind}-remaining"] = str(quota.remaining)
+                out[f"anthropic-ratelimit-{kind}-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
         return out
 
 

@@ -119,3 +119,26 @@ def responses_image_refs(items: Any) -> list[ImageRef]:
                     and isinstance(part.get("image_url"), str):
                 refs.append(ImageRef(f"input[{i}].content[{j}]", part, "image_url"))
     return refs
+
+
+def messages_image_refs(messages: list[dict[str, Any]]) -> list[ImageRef]:
+    """The image blocks of Anthropic `messages` (as dumped for vLLM), in order, tool results'
+    included. Each source becomes `{"type": "url", "url": ...}` (a base64 source as a data
+    URL), which vLLM takes as it is; resolving then makes every one a checked data URL."""
+    refs = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            inner = block.get("content") if block.get("type") == "tool_result" else None
+            nested = [(f".content[{k}]", b) for k, b in enumerate(inner)] \
+                if isinstance(inner, list) else []
+            for suffix, image in [("", block), *nested]:
+                if image.get("type") != "image":
+                    continue
+                source = image["source"]
+                if source["type"] == "base64":
+                    url = f"data:{source['media_type']};base64,{source['data']}"
+                    source.clear()
+                    source.update(type="url", url=url)
+                refs.append(ImageRef(f"messages[{i}].content[{j}]{suffix}", source, "url"))
+    return refs
