@@ -29,10 +29,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import CHAT_MODEL, validate_openai
 from tests.support.harness import BackgroundStack
+from tests.support.images import encoded
 
 pytestmark = pytest.mark.e2e
 
 IMAGE_MODEL = "flux-tiny"
+EDITOR_MODEL = "flux-kontext-tiny"
 VIDEO_MODEL = "wan-tiny"
 TTS_MODEL = "hibari"
 STT_MODEL = "whisper-tiny.en"
@@ -106,8 +108,8 @@ def forget_video(stack: BackgroundStack, response: httpx.Response | Any) -> None
 
 # --- 1. schemathesis over the router's OpenAPI document --------------------------------------
 
-# Every operation the document lists, by how it is fuzzed here. Transcriptions are multipart
-# and undescribed in the document; part 2 covers them.
+# Every operation the document lists, by how it is fuzzed here. Transcriptions and image edits
+# are multipart and undescribed in the document; part 2 covers them.
 SCHEMA_OPERATIONS = [
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"), ("GET", "/v1/catalog"),
@@ -121,9 +123,11 @@ SCHEMA_OPERATIONS = [
 ]
 # fuzzed with the admin key, so that their parameters are parsed
 ADMIN_ONLY = {"/v1/usage", "/v1/admin/reload"}
-# Transcriptions take multipart bodies (tests/test_e2e_audio.py). A reload changes the stack the
-# other operations are fuzzed against; tests/test_reload.py and test_e2e_reload.py cover it.
-NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions"), ("POST", "/v1/admin/reload")}
+# Transcriptions and image edits take multipart bodies (fuzzed below as forms). A reload changes
+# the stack the other operations are fuzzed against; tests/test_reload.py and test_e2e_reload.py
+# cover it.
+NOT_SCHEMA_FUZZED = {("POST", "/v1/audio/transcriptions"), ("POST", "/v1/images/edits"),
+                     ("POST", "/v1/admin/reload")}
 
 # The model each body-taking operation serves, put in place of the generated name in half the
 # cases so that they get past the model lookup and reach the checks behind it (and a worker).
@@ -389,16 +393,33 @@ form_fields = {
                                  "include[]", "file", "x"],
     "/v1/videos": ["model", "prompt", "size", "seconds", "seed", "fps", "num_inference_steps",
                    "input_reference", "x"],
+    "/v1/images/edits": ["model", "prompt", "n", "size", "response_format", "seed",
+                         "num_inference_steps", "guidance_scale", "mask", "image[]", "file", "x"],
 }
 real_form = {"/v1/audio/transcriptions": {"model": STT_MODEL},
              "/v1/videos": {"model": VIDEO_MODEL, "prompt": "a dot", "num_inference_steps": "1",
-                            "fps": "4"}}
-audio_files = st.one_of(
-    st.binary(max_size=2000),
-    st.just(WAV),
-    st.builds(lambda cut: WAV[:cut], st.integers(0, len(WAV))),
-    st.builds(lambda junk: WAV[:44] + junk, st.binary(max_size=500)),
-)
+                            "fps": "4"},
+             "/v1/images/edits": {"model": EDITOR_MODEL, "prompt": "a dot",
+                                  "num_inference_steps": "1"}}
+# The multipart part that carries the file, and a valid file for it.
+FILE_PART = {"/v1/audio/transcriptions": "file", "/v1/videos": "file", "/v1/images/edits": "image"}
+PNG = encoded("PNG", (64, 64))
+VALID_FILE = {"/v1/audio/transcriptions": ("clip.wav", WAV, "audio/wav"),
+              "/v1/images/edits": ("dot.png", PNG, "image/png")}
+
+
+def damaged(good: bytes, header: int):
+    """`good`, or it cut, its header kept with junk after it, or random bytes."""
+    return st.one_of(
+        st.binary(max_size=2000),
+        st.just(good),
+        st.builds(lambda cut: good[:cut], st.integers(0, len(good))),
+        st.builds(lambda junk: good[:header] + junk, st.binary(max_size=500)),
+    )
+
+
+audio_files = damaged(WAV, 44)
+image_files = damaged(PNG, 33)
 file_names = st.one_of(
     st.sampled_from(["a.wav", "a.WAV", "a.mp3", "a.flac", "a", "", ".wav", "a.wav.exe",
                      "../../etc/passwd.wav", "a\x00.wav", "%00.wav", "a" * 300 + ".wav"]),
@@ -408,19 +429,20 @@ file_names = st.one_of(
 
 def forms(path: str):
     """(fields, file) for a multipart body: random fields and files, or a valid request with a
-    field changed or the audio (if any) cut, padded or replaced."""
+    field changed or the file (audio, image) cut, padded or replaced."""
     fields = form_fields[path]
     values = st.one_of(form_text, st.binary(max_size=30),
                        st.lists(st.sampled_from(["word", "segment", "x", ""]), max_size=3))
-    files = st.tuples(file_names, audio_files, st.sampled_from(
-        ["audio/wav", "application/octet-stream", "text/plain", "video/mp4", ""]))
+    contents = image_files if path == "/v1/images/edits" else audio_files
+    files = st.tuples(file_names, contents, st.sampled_from(
+        ["audio/wav", "image/png", "application/octet-stream", "text/plain", "video/mp4", ""]))
     known = [f for f in fields if f not in ("file", "x")]
+    valid = VALID_FILE.get(path)
     near_valid = st.tuples(
         st.builds(lambda extra: {**real_form[path], **extra}, st.one_of(
             st.just({}), st.dictionaries(st.sampled_from(known), form_text, max_size=1))),
-        st.builds(lambda audio: ("clip.wav", audio, "audio/wav"),
-                  st.one_of(st.just(WAV), audio_files))
-        if path == "/v1/audio/transcriptions" else st.none())
+        st.builds(lambda data: (valid[0], data, valid[2]), st.one_of(st.just(valid[1]), contents))
+        if valid else st.none())
     anything = st.tuples(st.dictionaries(st.sampled_from(fields), values, max_size=5),
                          st.one_of(st.none(), files))
     return st.one_of(near_valid, near_valid, anything)
@@ -443,7 +465,7 @@ def test_generated_multipart_forms(stack, path):
             request = describe("POST", path, {"form": data, "file": file and (
                 file[0], file[1][:100], file[2])})
             r = send(stack, "POST", path, data=data,
-                     files={"file": file} if file is not None else None)
+                     files={FILE_PART[path]: file} if file is not None else None)
         check_answer(r.status_code, r.content, request)
         if path == "/v1/videos" and r.status_code == 200:
             forget_video(stack, r)
