@@ -317,17 +317,22 @@ RESPONSES_REQUESTS: dict[str, dict[str, Any]] = {
 INPUT_ESTIMATE = 40  # what the route would have estimated from the request's size
 
 
-@pytest.fixture(scope="session")
-def recorded_responses(stack) -> dict[str, bytes]:
+def record_streams(stack, path: str, requests: dict[str, dict[str, Any]],
+                   **common: Any) -> dict[str, bytes]:
+    """The raw bytes of the chat worker's stream for each request, greedy."""
     out = {}
     with httpx.Client(base_url=stack.worker_url("chat"), timeout=120) as http:
-        for name, body in RESPONSES_REQUESTS.items():
-            body = {"model": CHAT_MODEL, "stream": True, "store": False, "temperature": 0,
-                    **body}
-            with http.stream("POST", "/v1/responses", json=body) as r:
+        for name, body in requests.items():
+            body = {"model": CHAT_MODEL, "stream": True, "temperature": 0, **common, **body}
+            with http.stream("POST", path, json=body) as r:
                 assert r.status_code == 200, r.read()
                 out[name] = b"".join(r.iter_raw())
     return out
+
+
+@pytest.fixture(scope="session")
+def recorded_responses(stack) -> dict[str, bytes]:
+    return record_streams(stack, "/v1/responses", RESPONSES_REQUESTS, store=False)
 
 
 @pytest.fixture(params=list(RESPONSES_REQUESTS))
@@ -414,14 +419,7 @@ MESSAGES_REQUESTS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="session")
 def recorded_messages(stack) -> dict[str, bytes]:
-    out = {}
-    with httpx.Client(base_url=stack.worker_url("chat"), timeout=120) as http:
-        for name, body in MESSAGES_REQUESTS.items():
-            body = {"model": CHAT_MODEL, "stream": True, "temperature": 0, **body}
-            with http.stream("POST", "/v1/messages", json=body) as r:
-                assert r.status_code == 200, r.read()
-                out[name] = b"".join(r.iter_raw())
-    return out
+    return record_streams(stack, "/v1/messages", MESSAGES_REQUESTS)
 
 
 @pytest.fixture(params=list(MESSAGES_REQUESTS))

@@ -12,41 +12,24 @@ import math
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from serving.config.catalog import ImageOptions, ModelEntry
 from serving.errors import OpenAIError, invalid_request, validation_error
 from serving.media.images import open_image
-from serving.protocol.images import SEED_MAX, ImageParams, parse_size, resolve_image_request
+from serving.protocol.images import ImageFields, ImageParams, parse_size, resolve_image_request
 
 IMAGE_FIELDS = ("image", "image[]")
 FILE_FIELDS = (*IMAGE_FIELDS, "mask", "markup")
 
 
-class ImageEditFields(BaseModel):
+class ImageEditFields(ImageFields):
     """The form fields besides the files (multipart sends each value as a string)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = None
-    prompt: str = Field(min_length=1)
-    n: int | None = Field(default=None, ge=1, le=10)
-    size: str | None = None
-    response_format: Literal["b64_json", "url"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
-    user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
-    # Accepted for compatibility; they do not change what a diffusion model does.
-    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = None
-    background: Literal["auto", "opaque"] | None = None
     input_fidelity: Literal["high", "low"] | None = None
-    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
     stream: bool | None = None
     partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
-    # Extensions, as on generations.
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
 
 
 def edit_fields(form: Any) -> ImageEditFields:

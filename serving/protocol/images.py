@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,8 +24,11 @@ def random_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
 
-class ImageGenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class ImageFields(BaseModel):
+    """What generations and edits (serving.protocol.image_edits) both take; edits come as
+    multipart strings, so only generations are strict."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     prompt: str = Field(min_length=1)
@@ -36,15 +39,20 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256)
     # Accepted for compatibility; they do not change what a diffusion model does.
     quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = None
-    style: Literal["vivid", "natural"] | None = None
     background: Literal["auto", "opaque"] | None = None
-    moderation: Literal["auto", "low"] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
-    stream: Literal[False] | None = None
     # Extensions.
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+
+
+class ImageGenerationRequest(ImageFields):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    style: Literal["vivid", "natural"] | None = None
+    moderation: Literal["auto", "low"] | None = None
+    stream: Literal[False] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,19 +112,6 @@ def check_size(size: str | None, sizes: list[str], default: str) -> tuple[int, i
             f"{', '.join(sizes)}.", param="size", code="invalid_value",
         )
     return parse_size(size)
-
-
-class ImageFields(Protocol):
-    """What generations and edits (serving.protocol.image_edits) both ask for."""
-
-    prompt: str
-    n: int | None
-    size: str | None
-    response_format: str | None
-    output_format: str | None
-    seed: int | None
-    num_inference_steps: int | None
-    guidance_scale: float | None
 
 
 def resolve_image_request(req: ImageFields, options: ImageOptions) -> ImageParams:

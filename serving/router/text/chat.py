@@ -18,8 +18,8 @@ from serving.router.call_worker import CallWorker
 from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
 from serving.router.keys import Principal
-from serving.router.text.common import input_estimate, resolve_text_model, token_budget
-from serving.router.text.image_inputs import chat_image_refs, resolve_images
+from serving.router.text.common import resolve_text_model
+from serving.router.text.image_inputs import admit_then_resolve, chat_image_refs
 from serving.router.text.relay import relay
 from serving.upstream import vllm_contract
 from serving.upstream.served import Served
@@ -60,10 +60,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                           if m.has_images()), None))
     assert ctx.key is not None
     upstream = vllm_request(body, served, ctx.key)
-    images = chat_image_refs(upstream["messages"])
-    estimate = await input_estimate(request, [ref.url for ref in images])
-    await call.admit(served, token_budget(estimate, served, upstream))
-    # vLLM gets checked data URLs only: it never fetches a client's URL itself.
-    await resolve_images(images, config.router.images)
+    await admit_then_resolve(request, call, served, chat_image_refs(upstream["messages"]),
+                             config.router.images, upstream)
     return await relay(call, ctx.meter, served, PATH, upstream, body.include_usage,
                        continuous=body.continuous_usage)

@@ -18,12 +18,19 @@ import binascii
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
 
 from serving.config.deployment import ImageInputs
 from serving.errors import invalid_request
 from serving.media.images import FORMATS, open_image
+from serving.router.text.common import input_estimate, token_budget
 from serving.router.text.image_fetch import FetchError, fetch_image
+from serving.upstream.served import Served
+
+if TYPE_CHECKING:
+    from serving.router.call_worker import WorkerCall
 
 
 @dataclass
@@ -92,6 +99,20 @@ async def resolve_images(refs: Sequence[ImageRef], limits: ImageInputs) -> None:
     # cannot make the router hold more than one fetch at a time.
     for ref in refs:
         await _resolve_one(ref, limits)
+
+
+async def admit_then_resolve(request: Request, call: WorkerCall, served: Served,
+                             images: Sequence[ImageRef], limits: ImageInputs,
+                             body: dict[str, Any] | None) -> int:
+    """Admit the request against its key's limits, then resolve its images, and return the
+    prompt's estimate. The order matters: a key over its limit costs the router no fetch or
+    decode. `body` holds the answer's token cap (`max_tokens`...); None reserves one token
+    (a count, which generates nothing)."""
+    estimate = await input_estimate(request, [ref.url for ref in images])
+    await call.admit(served, 1 if body is None else token_budget(estimate, served, body))
+    # vLLM gets checked data URLs only: it never fetches a client's URL itself.
+    await resolve_images(images, limits)
+    return estimate
 
 
 def chat_image_refs(messages: list[dict[str, Any]]) -> list[ImageRef]:

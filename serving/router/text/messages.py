@@ -20,8 +20,8 @@ from serving.router.call_worker import CallWorker, WorkerCall
 from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
 from serving.router.keys import Principal
-from serving.router.text.common import input_estimate, resolve_text_model, token_budget
-from serving.router.text.image_inputs import messages_image_refs, resolve_images
+from serving.router.text.common import resolve_text_model
+from serving.router.text.image_inputs import admit_then_resolve, messages_image_refs
 from serving.router.text.messages_relay import relay_message
 from serving.upstream.served import Served
 
@@ -50,11 +50,9 @@ async def _prepare(body: CountTokensRequest, request: Request, ctx: Ctx, registr
         image_param=None if images_at is None else f"messages[{images_at}].content")
     assert ctx.key is not None
     upstream = vllm_request(body, served, ctx.key)
-    images = messages_image_refs(upstream["messages"])
-    estimate = await input_estimate(request, [ref.url for ref in images])
-    await call.admit(served, 1 if most_tokens is None else
-                     token_budget(estimate, served, {"max_tokens": most_tokens}))
-    await resolve_images(images, config.router.images)  # after admission, as on chat
+    await admit_then_resolve(request, call, served, messages_image_refs(upstream["messages"]),
+                             config.router.images,
+                             None if most_tokens is None else {"max_tokens": most_tokens})
     return served, upstream
 
 

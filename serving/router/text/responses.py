@@ -17,8 +17,8 @@ from serving.router.call_worker import CallWorker
 from serving.router.dependencies import ConfigDep, Ctx, RegistryDep
 from serving.router.json_body import StrictJSONRoute
 from serving.router.keys import Principal
-from serving.router.text.common import input_estimate, resolve_text_model, token_budget
-from serving.router.text.image_inputs import resolve_images, responses_image_refs
+from serving.router.text.common import resolve_text_model
+from serving.router.text.image_inputs import admit_then_resolve, responses_image_refs
 from serving.router.text.responses_relay import relay_response
 from serving.upstream.served import Served
 
@@ -54,9 +54,8 @@ async def create_response(body: CreateResponseRequest, request: Request, ctx: Ct
         image_param=None if images_at is None else f"input[{images_at}].content")
     assert ctx.key is not None
     upstream = vllm_request(body, served, ctx.key)
-    images = responses_image_refs(upstream["input"])
-    estimate = await input_estimate(request, [ref.url for ref in images])
-    await call.admit(served, token_budget(estimate, served, upstream))
-    await resolve_images(images, config.router.images)  # after admission, as in chat
+    estimate = await admit_then_resolve(request, call, served,
+                                        responses_image_refs(upstream["input"]),
+                                        config.router.images, upstream)
     return await relay_response(call, ctx.meter, served, PATH, upstream,
                                 input_estimate=estimate)
