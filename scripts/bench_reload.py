@@ -62,6 +62,7 @@ def overlay(path: Path, mode: str, seqs: int) -> None:
     path.write_text(f"""workers:
   chat: {{reload_strategy: {mode}, engine_args: {{max_num_seqs: {seqs}}}}}
   images: {{enabled: false}}
+  edits: {{enabled: false}}
   videos: {{enabled: false}}
   speech: {{enabled: false}}
   transcription: {{enabled: false}}

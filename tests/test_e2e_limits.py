@@ -61,6 +61,7 @@ router:
         limits: {{requests_per_minute: 1}}}}
 workers:
   chat: {{max_in_flight: 1}}
+  edits: {{enabled: false}}
   videos: {{enabled: false}}
   speech: {{enabled: false}}
   transcription: {{enabled: false}}
@@ -266,8 +267,9 @@ def test_no_key_is_in_the_log(limited: BackgroundStack):
 def test_sigterm_finishes_requests_in_flight(tmp_path: Path):
     """It stops its stack, so it has one of its own: a chat worker only."""
     overlay = tmp_path / "chat-only.yaml"
-    overlay.write_text("workers: {images: {enabled: false}, videos: {enabled: false}, "
-                       "speech: {enabled: false}, transcription: {enabled: false}}\n")
+    overlay.write_text("workers: {images: {enabled: false}, edits: {enabled: false}, "
+                       "videos: {enabled: false}, speech: {enabled: false}, "
+                       "transcription: {enabled: false}}\n")
     root = Path(__file__).resolve().parent.parent
     stack = start_background_stack([root / "configs" / "cpu.yaml", overlay], tmp_path)
     try:

@@ -50,6 +50,7 @@ workers:
   chat: {replicas: 2, routing: {health_check_interval_s: 1},
          engine_args: {kv_cache_memory_bytes: 256M}}
   images: {replicas: 2, routing: {health_check_interval_s: 0.5}}
+  edits: {enabled: false}
   videos: {enabled: false}
   speech: {enabled: false}
   transcription: {enabled: false}

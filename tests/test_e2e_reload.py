@@ -48,6 +48,7 @@ router:
 workers:
   chat: {{engine_args: {{max_model_len: {chat_len}}}}}
   images: {{enabled: {str(images).lower()}}}
+  edits: {{enabled: false}}
   videos: {{enabled: false}}
   transcription: {{enabled: false}}
   speech: {{env: {{{speech_env}}}}}

@@ -68,7 +68,7 @@ def test_worker_and_router_as_separate_processes(tmp_path: Path):
         overlay.write_text(
             "workers:\n"
             f"  images: {{endpoints: ['http://127.0.0.1:{port}']}}\n"
-            "  chat: {enabled: false}\n  videos: {enabled: false}\n"
+            "  chat: {enabled: false}\n  edits: {enabled: false}\n  videos: {enabled: false}\n"
             "  speech: {enabled: false}\n  transcription: {enabled: false}\n")
         key = "sk-standalone-test"
         router = start_background_router([CPU, overlay], tmp_path / "router",

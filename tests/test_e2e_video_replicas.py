@@ -38,7 +38,8 @@ wait_for = functools.partial(wait_until, timeout_s=WAIT_S, every_s=0.2)
 
 MODEL = "wan-tiny"
 ONLY_VIDEOS = ("workers: {chat: {enabled: false}, images: {enabled: false}, "
-               "transcription: {enabled: false}, speech: {enabled: false}}\n")
+               "edits: {enabled: false}, transcription: {enabled: false}, "
+               "speech: {enabled: false}}\n")
 
 
 def overlay(tmp: Path, database: str, bucket: str, endpoint: str) -> Path:
