@@ -82,7 +82,9 @@ def create_app(spec: MediaWorkerSpec) -> FastAPI:
     async def lifespan(_: FastAPI):
         engine = ImageEngine(await asyncio.to_thread(load_pipeline, spec),
                              spec.args.max_sequence_length)
-        await asyncio.to_thread(warm_up_images, spec.name, engine, spec.entry)
+        # Compiled: every size x batch the worker can meet, so no request pays a recompile.
+        most = max(spec.args.max_batch_size, options.max_n) if spec.args.compile else None
+        await asyncio.to_thread(warm_up_images, spec.name, engine, spec.entry, most)
         state["batcher"] = batcher = Batcher(engine, spec.args.max_batch_size)
         runner = asyncio.create_task(batcher.run())
         yield
